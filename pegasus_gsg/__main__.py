@@ -1,0 +1,5 @@
+import sys
+
+from pegasus_gsg.cli import main
+
+sys.exit(main())
