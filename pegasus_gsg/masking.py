@@ -1,0 +1,149 @@
+"""One GSG pretraining example from per-sentence token ids (shared/GSG.md §4).
+
+Given the token ids of every sentence and the chosen gap sentences:
+
+- each gap sentence is, independently, replaced by one `<mask_1>` with probability `mask_prob`
+  (1.0 by default; PEGASUS-LARGE used 0.9 and left the rest in place);
+- target = the gap sentences' ids in document order, truncated to `max_target_len − 1`, + `</s>`;
+- input = every sentence in order with masked ones replaced, truncated to `max_input_len − 1`,
+  + `</s>`;
+- MLM (PEGASUS-BASE; off by default): among the input tokens of the *unselected* sentences that
+  survive truncation and are not special ids, round(mlm_prob · count) positions are picked
+  without replacement; each becomes `<mask_2>` (80%), a random ordinary id in
+  [FIRST_PIECE_ID, vocab_size) (10%) or stays (10%). `mlm_labels` holds the original id at
+  picked positions and -100 elsewhere, aligned with `input_ids`.
+
+This runs at batch time in DataLoader workers on sentences read from a memory-mapped store
+(numpy uint16/uint32 arrays), so it works on whole arrays: one concatenation for the input, one
+for the target, and vectorised MLM draws; no Python loop over tokens.
+
+Random draws, in order: one uniform per gap sentence (only when mask_prob < 1), then the MLM
+positions, one uniform per picked position, and the replacement ids (only when mlm_prob > 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pegasus_gsg.vocab import EOS_ID, FIRST_PIECE_ID, MASK1_ID, MASK2_ID
+
+IGNORE_INDEX = -100
+"""Label value that the losses skip (PyTorch's cross-entropy default)."""
+
+_MASK1 = np.array([MASK1_ID], dtype=np.int64)
+_EOS = np.array([EOS_ID], dtype=np.int64)
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class PretrainingExample:
+    """Encoder input, decoder target and MLM labels of one pretraining example."""
+
+    input_ids: list[int]
+    labels: list[int]
+    mlm_labels: list[int]  # same length as input_ids; -100 where not an MLM target
+
+
+def _check_args(
+    n: int,
+    selected: Sequence[int],
+    vocab_size: int,
+    max_input_len: int,
+    max_target_len: int,
+    mask_prob: float,
+    mlm_prob: float,
+) -> list[int]:
+    if max_input_len < 1:
+        raise ValueError(f"max_input_len must be >= 1 (room for </s>), got {max_input_len}")
+    if max_target_len < 1:
+        raise ValueError(f"max_target_len must be >= 1 (room for </s>), got {max_target_len}")
+    if not 0.0 <= mask_prob <= 1.0:
+        raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob}")
+    if not 0.0 <= mlm_prob <= 1.0:
+        raise ValueError(f"mlm_prob must be in [0, 1], got {mlm_prob}")
+    if vocab_size <= FIRST_PIECE_ID:
+        raise ValueError(
+            f"vocab_size must be > {FIRST_PIECE_ID} (ids below are special), got {vocab_size}"
+        )
+    chosen = sorted(int(i) for i in selected)
+    if chosen and (chosen[0] < 0 or chosen[-1] >= n):
+        raise ValueError(f"selected sentence indices must be in [0, {n}), got {list(selected)}")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"selected sentence indices must be distinct, got {list(selected)}")
+    return chosen
+
+
+def build_pretraining_example(
+    sentence_ids: Sequence[Sequence[int]],
+    selected: Sequence[int],
+    *,
+    rng: np.random.Generator,
+    vocab_size: int,
+    max_input_len: int = 512,
+    max_target_len: int = 256,
+    mask_prob: float = 1.0,
+    mlm_prob: float = 0.0,
+) -> PretrainingExample:
+    """Build input, target and MLM labels (see the module docstring for the exact rules)."""
+    n = len(sentence_ids)
+    chosen = _check_args(
+        n, selected, vocab_size, max_input_len, max_target_len, mask_prob, mlm_prob
+    )
+    sentences = sentence_ids  # lists or store arrays: np.concatenate takes both, once
+
+    masked = set(chosen)
+    if mask_prob < 1.0 and chosen:
+        draws = rng.random(len(chosen))
+        masked = {i for i, u in zip(chosen, draws.tolist(), strict=True) if u < mask_prob}
+
+    target = _join([sentences[i] for i in chosen], max_target_len - 1)
+    pieces = [_MASK1 if i in masked else s for i, s in enumerate(sentences)]
+    input_ids = _join(pieces, max_input_len - 1)
+
+    mlm_labels = np.full(len(input_ids), IGNORE_INDEX, dtype=np.int64)
+    if mlm_prob > 0.0 and len(input_ids):
+        input_ids = _apply_mlm(input_ids, pieces, chosen, mlm_labels, rng, vocab_size, mlm_prob)
+
+    return PretrainingExample(
+        input_ids=np.concatenate([input_ids, _EOS]).tolist(),
+        labels=np.concatenate([target, _EOS]).tolist(),
+        mlm_labels=np.concatenate([mlm_labels, [IGNORE_INDEX]]).tolist(),
+    )
+
+
+def _join(pieces: Sequence[Sequence[int]], limit: int) -> np.ndarray:
+    """The pieces concatenated as int64 and cut to `limit` ids (one copy; uint16 widened)."""
+    return np.concatenate([*pieces, _EMPTY])[:limit].astype(np.int64, copy=False)
+
+
+def _apply_mlm(
+    input_ids: np.ndarray,
+    pieces: list[np.ndarray],
+    chosen: list[int],
+    mlm_labels: np.ndarray,
+    rng: np.random.Generator,
+    vocab_size: int,
+    mlm_prob: float,
+) -> np.ndarray:
+    """Pick and corrupt MLM positions in place of a copy of `input_ids`; fills `mlm_labels`."""
+    # True for every input position that belongs to an unselected sentence.
+    eligible_piece = np.ones(len(pieces), dtype=bool)
+    eligible_piece[chosen] = False
+    eligible = np.repeat(eligible_piece, list(map(len, pieces)))[: len(input_ids)]
+    eligible &= input_ids >= FIRST_PIECE_ID  # special ids are never picked
+    candidates = np.flatnonzero(eligible)
+    count = int(np.floor(mlm_prob * len(candidates) + 0.5))
+    if count == 0:
+        return input_ids
+    # Positions in random order are not needed, so skip choice()'s final shuffle.
+    picked = candidates[rng.choice(len(candidates), size=count, replace=False, shuffle=False)]
+    mlm_labels[picked] = input_ids[picked]
+    kind = rng.random(count)
+    corrupted = input_ids.copy()
+    corrupted[picked[kind < 0.8]] = MASK2_ID
+    random_slots = picked[(kind >= 0.8) & (kind < 0.9)]
+    corrupted[random_slots] = rng.integers(FIRST_PIECE_ID, vocab_size, size=len(random_slots))
+    return corrupted
