@@ -1,0 +1,513 @@
+"""The on-disk token store: what `prepare` writes once and every training epoch reads.
+
+A store is a directory of `.npy` arrays, memory-mapped on open (`np.load(mmap_mode="r")`), plus
+`manifest.json`. Every integer array uses the narrowest unsigned dtype that holds its values:
+token ids are uint16 when the vocabulary has at most 65,536 ids (uint32 otherwise, never
+int64); offsets are uint32 until they pass 2**32 - 1, then int64. DataLoader workers map the
+same files, so N workers share one copy of the pages in the OS page cache instead of N copies.
+
+Arrays (R records, S sentences, T tokens):
+
+| file | shape | meaning |
+|---|---|---|
+| tokens.npy | T | all token ids, record after record, no `</s>` |
+| record_tokens.npy | R+1 | token offset of each record |
+| source_rows.npy | R | the record's row in the input (0-based, across all input files) |
+| record_sentences.npy | R+1 | pretrain: sentence offset of each record |
+| sentence_ends.npy | S | pretrain: end of each sentence, in tokens from its record's start |
+| ranking_order.npy | S | pretrain: the record's `gsg.Ranking.order` (sentence indices) |
+| ranking_scores.npy | S | pretrain: `Ranking.scores` (by sentence index) as float32 |
+| source_lengths.npy | R | finetune: document tokens; the summary is the rest of the record |
+
+A pretraining record's tokens are the tokenization of the whole document, cut at sentence
+boundaries (prepare.py), so the concatenated sentences are exactly what the tokenizer gives for
+the document. Scores are float32: `Ranking` scores are 2a/b with integer a, b, and float32
+rounding keeps distinct values distinct and equal ones equal while b < 2**23, so the order the
+scores imply is the stored one (gsg.importance relies on that); float64 would add 4 bytes per
+sentence (~0.14 bytes per token on news) for digits no sampler uses.
+
+Access is O(1) per record: a few offset look-ups and views into the memory map; no scan, no copy.
+
+Integrity. `manifest.json` holds the counts, dtypes, tokenizer fingerprint, options and source
+fingerprint, and per file its size and sha256; `checksum` is the sha256 of those per-file hashes,
+so two stores with the same content have the same checksum. A store is written into a temporary
+directory beside its final name, every file fsynced, the manifest written last, and the
+directory renamed into place (`StoreBuilder`): a reader never sees a half-written store under
+the final name. `TokenStore.open` checks the manifest and file sizes (cheap); `verify_store`
+re-hashes every byte (`pegasus-gsg verify DIR`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pegasus_gsg.gsg import check_gsr
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "pegasus-gsg-token-store"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+KINDS = ("pretrain", "finetune")
+
+COMMON_FILES = ("tokens.npy", "record_tokens.npy", "source_rows.npy")
+KIND_FILES = {
+    "pretrain": (
+        "record_sentences.npy",
+        "sentence_ends.npy",
+        "ranking_order.npy",
+        "ranking_scores.npy",
+    ),
+    "finetune": ("source_lengths.npy",),
+}
+REQUIRED_KEYS = (
+    "format",
+    "format_version",
+    "kind",
+    "num_records",
+    "num_tokens",
+    "dtype",
+    "vocab_size",
+    "tokenizer",
+    "source",
+    "skipped",
+    "files",
+    "checksum",
+)
+_HASH_BLOCK = 1 << 22
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (vocab_size <= 65,536), else uint32."""
+    if vocab_size <= 0:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    if vocab_size <= 1 << 16:
+        return np.dtype(np.uint16)
+    if vocab_size <= 1 << 32:
+        return np.dtype(np.uint32)
+    raise ValueError(f"vocab_size {vocab_size} does not fit in uint32 token ids")
+
+
+def narrowest_uint(max_value: int, smallest: type = np.uint8) -> np.dtype:
+    """The narrowest of uint8/16/32 (not below `smallest`) holding `max_value`, else int64."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if (
+            np.dtype(dtype).itemsize >= np.dtype(smallest).itemsize
+            and max_value <= np.iinfo(dtype).max
+        ):
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+def offsets_dtype(max_value: int) -> np.dtype:
+    """uint32 offsets while they fit, int64 beyond (never uint64: numpy indexes with int64)."""
+    return narrowest_uint(max_value, smallest=np.uint32)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_checksum(files: dict[str, dict[str, Any]]) -> str:
+    """sha256 over `name:sha256` lines of every data file, in name order."""
+    lines = "".join(f"{name}:{files[name]['sha256']}\n" for name in sorted(files))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def writer_tag() -> str:
+    """host-pid: unique among processes that may share a file system (sharded prepares)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to `path` via a temporary file, fsync and rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{writer_tag()}")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class StoreBuilder:
+    """Builds a store in `tmp_dir` and moves it to `final_dir` only once it is complete.
+
+    Usage: `create` each array (an `np.memmap` to fill), then `commit(manifest)`: flush and
+    fsync every array, hash it, write the manifest last, fsync, rename the directory into place.
+    `commit(..., replace=True)` swaps out an existing store at `final_dir`. `abort` removes the
+    temporary directory.
+    """
+
+    def __init__(self, final_dir: str | Path, tmp_dir: str | Path) -> None:
+        self.final_dir = Path(final_dir)
+        self.tmp_dir = Path(tmp_dir)
+        if self.tmp_dir.exists():
+            shutil.rmtree(self.tmp_dir)
+        self.tmp_dir.mkdir(parents=True)
+        self._arrays: dict[str, np.memmap] = {}
+
+    def create(self, name: str, dtype: np.dtype | type, length: int) -> np.memmap:
+        array = np.lib.format.open_memmap(
+            self.tmp_dir / name, mode="w+", dtype=np.dtype(dtype), shape=(length,)
+        )
+        self._arrays[name] = array
+        return array
+
+    def commit(self, manifest: dict[str, Any], *, replace: bool = False) -> dict[str, Any]:
+        """Finish the store; returns the manifest as written (with `files` and `checksum`)."""
+        files: dict[str, dict[str, Any]] = {}
+        for name, array in self._arrays.items():
+            array.flush()
+            path = self.tmp_dir / name
+            with path.open("rb+") as f:
+                os.fsync(f.fileno())
+            files[name] = {
+                "bytes": path.stat().st_size,
+                "sha256": sha256_file(path),
+                "dtype": array.dtype.name,
+                "length": int(array.shape[0]),
+            }
+        self._arrays.clear()
+        manifest = {**manifest, "files": files, "checksum": content_checksum(files)}
+        write_json_atomic(self.tmp_dir / MANIFEST, manifest)
+        fsync_dir(self.tmp_dir)
+        old = None
+        if self.final_dir.exists():
+            if replace:
+                old = self.final_dir.with_name(f".{self.final_dir.name}.old-{writer_tag()}")
+                os.rename(self.final_dir, old)
+            elif not any(self.final_dir.iterdir()):
+                self.final_dir.rmdir()
+        os.rename(self.tmp_dir, self.final_dir)
+        fsync_dir(self.final_dir.parent)
+        if old is not None:
+            shutil.rmtree(old)
+        return manifest
+
+    def abort(self) -> None:
+        self._arrays.clear()
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The parsed, complete manifest of store `path`.
+
+    Raises:
+        FileNotFoundError: `path` or its manifest does not exist.
+        ValueError: the manifest is unreadable, incomplete, of another format, or lists files
+            that are missing or have the wrong size (a half-written or truncated store).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"token store {path} does not exist")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        hint = ""
+        if path.with_name(path.name + ".partial").exists():
+            hint = f" ({path.name}.partial beside it holds an unfinished prepare: rerun it)"
+        raise FileNotFoundError(f"{path} has no {MANIFEST}: not a finished token store{hint}")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{manifest_path} is not valid JSON: {err}") from err
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{manifest_path} must hold a JSON object")
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise ValueError(f"{manifest_path} is incomplete: missing {', '.join(missing)}")
+    if manifest["format"] != FORMAT or manifest["format_version"] != FORMAT_VERSION:
+        raise ValueError(
+            f"{manifest_path}: format {manifest['format']!r} version "
+            f"{manifest['format_version']!r}; this code reads {FORMAT!r} version {FORMAT_VERSION}"
+        )
+    if manifest["kind"] not in KINDS:
+        raise ValueError(f"{manifest_path}: kind must be one of {KINDS}, got {manifest['kind']!r}")
+    expected = COMMON_FILES + KIND_FILES[manifest["kind"]]
+    files = manifest["files"]
+    absent = [name for name in expected if name not in files]
+    if absent:
+        raise ValueError(f"{manifest_path} does not list {', '.join(absent)}")
+    if content_checksum(files) != manifest["checksum"]:
+        raise ValueError(f"{manifest_path}: checksum does not match the listed file hashes")
+    for name in expected:
+        file = path / name
+        if not file.is_file():
+            raise ValueError(f"{path}: {name} is missing")
+        size = file.stat().st_size
+        if size != files[name]["bytes"]:
+            raise ValueError(
+                f"{path}: {name} has {size} bytes, the manifest says {files[name]['bytes']} "
+                "(truncated or overwritten)"
+            )
+    return manifest
+
+
+class TokenStore:
+    """Read-only, memory-mapped access to a prepared store (see the module docstring)."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.kind: str = manifest["kind"]
+        self.dtype = np.dtype(manifest["dtype"])
+        self.vocab_size: int = manifest["vocab_size"]
+        names = COMMON_FILES + KIND_FILES[self.kind]
+        self._arrays = {name: np.load(path / name, mmap_mode="r") for name in names}
+        self.tokens: np.ndarray = self._arrays["tokens.npy"]
+        self.record_tokens: np.ndarray = self._arrays["record_tokens.npy"]
+        self.source_rows: np.ndarray = self._arrays["source_rows.npy"]
+        self._check_shapes()
+        self._target_lengths: dict[float, np.ndarray] = {}
+
+    @classmethod
+    def open(
+        cls, path: str | Path, *, tokenizer: Any | None = None, verify: bool = False
+    ) -> TokenStore:
+        """Open store `path`; with `tokenizer`, refuse a store written by another tokenizer.
+
+        `verify=True` also re-hashes every file (as `pegasus-gsg verify` does).
+
+        Raises:
+            FileNotFoundError: no store (or no manifest) at `path`.
+            ValueError: incomplete or corrupt store, or a tokenizer mismatch.
+        """
+        path = Path(path)
+        manifest = read_manifest(path)
+        if verify:
+            problems = verify_store(path)
+            if problems:
+                raise ValueError(f"token store {path} is corrupt: " + "; ".join(problems))
+        if tokenizer is not None:
+            from pegasus_gsg.tokenizer import tokenizer_fingerprint
+
+            ours = tokenizer_fingerprint(tokenizer)
+            theirs = manifest["tokenizer"]["fingerprint"]
+            if ours != theirs:
+                raise ValueError(
+                    f"token store {path} was written with tokenizer {theirs[:12]} "
+                    f"({manifest['tokenizer'].get('path')}, {manifest['vocab_size']} ids), not "
+                    f"with the given one ({ours[:12]}, {len(tokenizer)} ids); prepare the "
+                    "corpus again with this tokenizer"
+                )
+        return cls(path, manifest)
+
+    def _check_shapes(self) -> None:
+        m = self.manifest
+        r, t = m["num_records"], m["num_tokens"]
+        wrong = []
+        if self.tokens.dtype != self.dtype or len(self.tokens) != t:
+            wrong.append(f"tokens.npy is {self.tokens.dtype}[{len(self.tokens)}]")
+        if len(self.record_tokens) != r + 1:
+            wrong.append(f"record_tokens.npy has {len(self.record_tokens)} entries")
+        if self.kind == "pretrain":
+            s = m["num_sentences"]
+            if len(self._arrays["record_sentences.npy"]) != r + 1:
+                wrong.append("record_sentences.npy does not have num_records + 1 entries")
+            for name in ("sentence_ends.npy", "ranking_order.npy", "ranking_scores.npy"):
+                if len(self._arrays[name]) != s:
+                    wrong.append(f"{name} does not have num_sentences ({s}) entries")
+        elif len(self._arrays["source_lengths.npy"]) != r:
+            wrong.append("source_lengths.npy does not have num_records entries")
+        if wrong:
+            raise ValueError(
+                f"token store {self.path} disagrees with its manifest: " + "; ".join(wrong)
+            )
+
+    def __len__(self) -> int:
+        return int(self.manifest["num_records"])
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenStore({str(self.path)!r}, kind={self.kind!r}, records={len(self)}, "
+            f"tokens={self.manifest['num_tokens']}, dtype={self.dtype.name})"
+        )
+
+    def _check_index(self, i: int) -> int:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"record {i} out of range for a store of {n} records")
+        return i % n
+
+    def _need(self, kind: str, what: str) -> None:
+        if self.kind != kind:
+            raise ValueError(f"{what} needs a {kind} store; {self.path} is a {self.kind} store")
+
+    def lengths(self) -> np.ndarray:
+        """Per record: source tokens (pretrain: all sentences; finetune: the document)."""
+        if self.kind == "finetune":
+            return self._arrays["source_lengths.npy"]
+        return np.diff(self.record_tokens.astype(np.int64))
+
+    def target_lengths(self, gsr: float = 0.3) -> np.ndarray:
+        """Per record: target tokens, without `</s>` (int64).
+
+        finetune: the summary. pretrain: the tokens of the top m = num_gap_sentences(n, gsr)
+        sentences of the stored ranking: exact for a fixed gsr (0.3, the paper's choice, by
+        default), the typical draw for mixed/stochastic selection. Vectorised, cached per gsr.
+        """
+        if self.kind == "finetune":
+            return np.diff(self.record_tokens.astype(np.int64)) - self.lengths().astype(np.int64)
+        check_gsr(gsr)
+        if gsr not in self._target_lengths:
+            self._target_lengths[gsr] = self._top_sentence_tokens(gsr)
+        return self._target_lengths[gsr]
+
+    def _top_sentence_tokens(self, gsr: float) -> np.ndarray:
+        rec_sent = self._arrays["record_sentences.npy"].astype(np.int64)
+        counts = np.diff(rec_sent)
+        first = np.repeat(rec_sent[:-1], counts)  # each sentence's record's first sentence
+        # gsg.num_gap_sentences, vectorised: m = min(int(max(n·gsr, 1)), n).
+        m = np.minimum(np.maximum(counts * gsr, 1.0).astype(np.int64), counts)
+        rank = np.arange(len(first)) - first
+        picked = rank < np.repeat(m, counts)
+        # ranking_order holds sentence indices within the record: make them global.
+        chosen = self._arrays["ranking_order.npy"].astype(np.int64)[picked] + first[picked]
+        record = np.repeat(np.arange(len(self)), counts)[picked]
+        lengths = self.sentence_lengths_flat()
+        return np.bincount(record, weights=lengths[chosen], minlength=len(self)).astype(np.int64)
+
+    def sentence_lengths_flat(self) -> np.ndarray:
+        """pretrain: every sentence's token count, record after record (int64, one pass)."""
+        self._need("pretrain", "sentence_lengths_flat")
+        ends = self._arrays["sentence_ends.npy"].astype(np.int64)
+        rec_sent = self._arrays["record_sentences.npy"].astype(np.int64)
+        starts = np.empty_like(ends)
+        if len(ends):
+            starts[1:] = ends[:-1]
+            starts[rec_sent[:-1][np.diff(rec_sent) > 0]] = 0
+        return ends - starts
+
+    def num_sentences(self, i: int) -> int:
+        self._need("pretrain", "num_sentences")
+        i = self._check_index(i)
+        rec_sent = self._arrays["record_sentences.npy"]
+        return int(rec_sent[i + 1]) - int(rec_sent[i])
+
+    def sentences(self, i: int) -> list[np.ndarray]:
+        """pretrain: record i's token ids per sentence (views into the memory map)."""
+        self._need("pretrain", "sentences")
+        i = self._check_index(i)
+        rec_sent = self._arrays["record_sentences.npy"]
+        s0, s1 = int(rec_sent[i]), int(rec_sent[i + 1])
+        base = int(self.record_tokens[i])
+        ends = self._arrays["sentence_ends.npy"][s0:s1].tolist()
+        out = []
+        start = 0
+        for end in ends:
+            out.append(self.tokens[base + start : base + end])
+            start = end
+        return out
+
+    def ranking(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """pretrain: (order, scores) of record i as `gsg.rank_sentences` returned them.
+
+        order: sentence indices, most important first (int64); scores: by sentence index
+        (float64 values of the stored float32).
+        """
+        self._need("pretrain", "ranking")
+        i = self._check_index(i)
+        rec_sent = self._arrays["record_sentences.npy"]
+        s0, s1 = int(rec_sent[i]), int(rec_sent[i + 1])
+        order = self._arrays["ranking_order.npy"][s0:s1].astype(np.int64)
+        scores = self._arrays["ranking_scores.npy"][s0:s1].astype(np.float64)
+        return order, scores
+
+    def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """finetune: (document ids, summary ids) of record i, views, no `</s>` appended."""
+        self._need("finetune", "pair")
+        i = self._check_index(i)
+        start, end = int(self.record_tokens[i]), int(self.record_tokens[i + 1])
+        split = start + int(self._arrays["source_lengths.npy"][i])
+        return self.tokens[start:split], self.tokens[split:end]
+
+    def source_row(self, i: int) -> int:
+        """The input row (0-based, across all input files in order) record i came from."""
+        return int(self.source_rows[self._check_index(i)])
+
+
+def verify_store(path: str | Path) -> list[str]:
+    """Re-hash every file of store `path` and check its structure; the problems found.
+
+    An empty list means the store is intact. Raises FileNotFoundError/ValueError only when the
+    manifest itself is missing or unusable (see `read_manifest`).
+    """
+    path = Path(path)
+    try:
+        manifest = read_manifest(path)
+    except ValueError as err:
+        return [str(err)]
+    problems = []
+    files = manifest["files"]
+    for name in sorted(files):
+        digest = sha256_file(path / name)
+        if digest != files[name]["sha256"]:
+            problems.append(
+                f"{name}: sha256 {digest[:12]}… differs from the manifest's "
+                f"{files[name]['sha256'][:12]}…"
+            )
+    if problems:
+        return problems
+    try:
+        store = TokenStore(path, manifest)
+    except ValueError as err:
+        return [str(err)]
+    problems.extend(_structure_problems(store))
+    return problems
+
+
+def _structure_problems(store: TokenStore) -> list[str]:
+    """Invariants a correct writer guarantees (catches a writer bug, not only bit rot)."""
+    problems = []
+    rec = store.record_tokens.astype(np.int64)
+    if len(rec) and (rec[0] != 0 or rec[-1] != len(store.tokens) or np.any(np.diff(rec) < 0)):
+        problems.append("record_tokens.npy is not a 0-based increasing offset array")
+    if len(store.tokens) and int(store.tokens.max()) >= store.vocab_size:
+        problems.append(f"a token id is >= the vocabulary size {store.vocab_size}")
+    if store.kind == "pretrain":
+        rec_sent = store._arrays["record_sentences.npy"].astype(np.int64)
+        lengths = store.sentence_lengths_flat()
+        if np.any(np.diff(rec_sent) < 0) or rec_sent[-1] != len(lengths):
+            problems.append("record_sentences.npy is not an increasing offset array")
+        elif np.any(lengths < 0):
+            problems.append("sentence_ends.npy is not increasing within a record")
+        else:
+            counts = np.diff(rec_sent)
+            if np.any(counts == 0):
+                problems.append("a record has no sentences")
+                return problems
+            per_record = np.add.reduceat(lengths, rec_sent[:-1]) if len(lengths) else lengths
+            if not np.array_equal(per_record, np.diff(rec)):
+                problems.append("sentence_ends.npy does not cover each record's tokens")
+            order = store._arrays["ranking_order.npy"].astype(np.int64)
+            record = np.repeat(np.arange(len(store)), counts)
+            if np.any(order >= np.repeat(counts, counts)) or len(
+                np.unique(record * (int(counts.max(initial=0)) + 1) + order)
+            ) != len(order):
+                problems.append("ranking_order.npy is not a permutation within each record")
+    else:
+        if np.any(store.lengths().astype(np.int64) > np.diff(rec)):
+            problems.append("source_lengths.npy exceeds a record's tokens")
+    return problems
