@@ -275,7 +275,11 @@ class TokenStore:
         self.dtype = np.dtype(manifest["dtype"])
         self.vocab_size: int = manifest["vocab_size"]
         names = COMMON_FILES + KIND_FILES[self.kind]
-        self._arrays = {name: np.load(path / name, mmap_mode="r") for name in names}
+        # Plain ndarray views of the memmaps: still backed by the mapped pages, but slicing skips
+        # np.memmap's Python-level __getitem__/__array_finalize__ (~30% of a loader step).
+        self._arrays = {
+            name: np.load(path / name, mmap_mode="r").view(np.ndarray) for name in names
+        }
         self.tokens: np.ndarray = self._arrays["tokens.npy"]
         self.record_tokens: np.ndarray = self._arrays["record_tokens.npy"]
         self.source_rows: np.ndarray = self._arrays["source_rows.npy"]

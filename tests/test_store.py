@@ -78,7 +78,9 @@ def test_sentences_are_the_documents_sentences_and_views(pretrain_store, tok, do
             assert tok.decode(ids.tolist()).strip() == normalize_text(tok, text).strip()
             assert ids.dtype == np.uint16
             assert np.shares_memory(ids, store.tokens)  # a view into the memory map
-    assert isinstance(store.tokens, np.memmap)
+    # Backed by the file's mapped pages (a plain-ndarray view of the np.memmap), not a copy.
+    assert isinstance(store.tokens.base, np.memmap)
+    assert not store.tokens.flags.writeable
 
 
 def test_ranking_is_gsg_rank_sentences(pretrain_store, docs) -> None:
