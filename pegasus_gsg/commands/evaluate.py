@@ -1,0 +1,140 @@
+"""`pegasus-gsg evaluate`: generate summaries for a JSON Lines file and print ROUGE-1/2/Lsum.
+
+    pegasus-gsg evaluate --model runs/ft/model --input ../shared/data/aeslc/data.jsonl \\
+        --split test --dedupe --out predictions.jsonl
+
+Writes one JSON line per example (`index`, `id` when the record has one, `prediction`,
+`reference`) to `--out` (atomically: a temp file renamed at the end), a `<out>.rouge.json` with
+the scores, and prints the table (95% bootstrap intervals; see pegasus_gsg/evaluate.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a save_pretrained model directory")
+    parser.add_argument("--input", required=True, help="JSON Lines file of documents + summaries")
+    parser.add_argument("--text-field", default="document")
+    parser.add_argument("--summary-field", default="summary")
+    parser.add_argument("--split", help="keep only records whose `split` field equals this")
+    parser.add_argument(
+        "--dedupe",
+        action="store_true",
+        help="score each distinct document once (AESLC repeats emails)",
+    )
+    parser.add_argument("--max-samples", type=int, help="score the first N records only")
+    parser.add_argument("--out", required=True, help="predictions.jsonl to write")
+    parser.add_argument("--num-beams", type=int, help="default: the model's generation config")
+    parser.add_argument("--max-new-tokens", type=int, help="default: the model's generation config")
+    parser.add_argument("--max-input-len", type=int, default=512)
+    parser.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=8192,
+        help="padded input tokens x beams per generation batch",
+    )
+    parser.add_argument(
+        "--lang",
+        choices=["auto", "en", "cjk"],
+        default="auto",
+        help="en: stemmed rouge-score; cjk: one token per character",
+    )
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+
+
+def read_pairs(args: argparse.Namespace) -> list[dict]:
+    """Records with text and summary from the JSON Lines input, filtered as asked.
+
+    Raises:
+        FileNotFoundError: no input file.
+        ValueError: a malformed line or a missing field, named by file:line.
+    """
+    path = Path(args.input)
+    if not path.is_file():
+        raise FileNotFoundError(f"--input {path}: no such file")
+    records, seen, duplicates = [], set(), 0
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+            if args.split is not None and record.get("split") != args.split:
+                continue
+            for field in (args.text_field, args.summary_field):
+                if not isinstance(record.get(field), str):
+                    raise ValueError(
+                        f"{path}:{line_no}: no string field {field!r} "
+                        f"(fields: {sorted(record)}); set --text-field/--summary-field"
+                    )
+            if args.dedupe:
+                if record[args.text_field] in seen:
+                    duplicates += 1
+                    continue
+                seen.add(record[args.text_field])
+            records.append(record)
+            if args.max_samples is not None and len(records) >= args.max_samples:
+                break
+    if duplicates:
+        logger.info("skipped %d duplicate documents", duplicates)
+    if not records:
+        raise ValueError(
+            f"--input {path}: no records" + (f" with split {args.split!r}" if args.split else "")
+        )
+    return records
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from pegasus_gsg.evaluate import format_table, generate, rouge_report
+
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"--model {model_dir}: not a model directory (no config.json)")
+    records = read_pairs(args)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    gen = model.generation_config
+    if args.num_beams is not None:
+        gen.num_beams = args.num_beams
+    if args.max_new_tokens is not None:
+        gen.max_new_tokens = args.max_new_tokens
+    max_len = min(args.max_input_len, model.config.max_position_embeddings)
+    inputs = tokenizer([r[args.text_field] for r in records], truncation=True, max_length=max_len)[
+        "input_ids"
+    ]
+    outputs = generate(model, inputs, gen, max_tokens=args.batch_tokens, device=device)
+    predictions = tokenizer.batch_decode(outputs, skip_special_tokens=True)
+    references = [r[args.summary_field] for r in records]
+    report = rouge_report(predictions, references, lang=args.lang, bootstrap_samples=args.bootstrap)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for i, (record, pred, ref) in enumerate(zip(records, predictions, references, strict=True)):
+            row = {"index": i, "prediction": pred, "reference": ref}
+            if "id" in record:
+                row["id"] = record["id"]
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, out)
+    scores = {name: {"low": s.low, "mid": s.mid, "high": s.high} for name, s in report.items()}
+    out.with_name(out.name + ".rouge.json").write_text(
+        json.dumps({"n": len(records), "scores": scores}, indent=2)
+    )
+    print(format_table(report, len(records)))
+    return 0

@@ -1,0 +1,148 @@
+"""Command-line plumbing shared by the `pretrain` and `finetune` entry points.
+
+Both are run as `accelerate launch -m pegasus_gsg.pretrain ...` (or plain `python -m`, one
+process). Arguments: `--config FILE.yaml` plus overrides (`optim.lr=1e-4` or `--optim.lr 1e-4`),
+and a few run switches that are not part of the config: `--resume latest|PATH`, `--profile`.
+`--out DIR`, `--init-from DIR`, `--max-samples N`, `--train DIR`, `--validation DIR` and
+`--tokenizer DIR` are shorthands for the config keys they name.
+
+Everything a run needs is checked here, before any training: the tokenizer, the stores (which
+refuse a tokenizer other than the one they were prepared with), the model's vocabulary.
+Library errors (ValueError / FileNotFoundError) become one `prog: error: ...` line and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pegasus_gsg.config import TrainConfig, load_config
+
+logger = logging.getLogger(__name__)
+
+_SHORTHANDS = {
+    "--out": "out_dir",
+    "--init-from": "model.init_from",
+    "--max-samples": "data.max_samples",
+    "--train": "data.train",
+    "--validation": "data.validation",
+    "--tokenizer": "data.tokenizer",
+}
+
+
+@dataclass
+class RunArgs:
+    config: TrainConfig
+    resume: str | None
+    profile: bool
+
+
+def parse_run_args(argv: Sequence[str] | None, prog: str, description: str) -> RunArgs:
+    """Parse `--config`, `--resume`, `--profile`, shorthands and `key=value` overrides."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=(
+            "Any config key can be overridden: optim.lr=1e-4 or --optim.lr 1e-4 "
+            "(see pegasus_gsg/config.py and configs/*.yaml)."
+        ),
+    )
+    parser.add_argument("--config", help="YAML config file (e.g. configs/tiny.yaml)")
+    parser.add_argument(
+        "--resume",
+        metavar="latest|PATH",
+        help="continue exactly from a checkpoint (latest under --out, or a path)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="write a torch.profiler trace + top-operators table for steps 2-4",
+    )
+    for flag, key in _SHORTHANDS.items():
+        parser.add_argument(
+            flag,
+            dest=key.replace(".", "__"),
+            metavar="N" if flag == "--max-samples" else "DIR",
+            help=f"same as {key}=...",
+        )
+    args, rest = parser.parse_known_args(argv)
+    overrides = [
+        f"{key}={value}"
+        for flag, key in _SHORTHANDS.items()
+        if (value := getattr(args, key.replace(".", "__"))) is not None
+    ]
+    config = load_config(args.config, [*rest, *overrides])
+    return RunArgs(config=config, resume=args.resume, profile=args.profile)
+
+
+def load_run_tokenizer(cfg: TrainConfig) -> Any:
+    """The tokenizer of `data.tokenizer`, else of `model.init_from`.
+
+    Raises:
+        ValueError: neither is set.
+    """
+    from pegasus_gsg.tokenizer import load_tokenizer
+
+    path = cfg.data.tokenizer or cfg.model.init_from
+    if path is None:
+        raise ValueError(
+            "no tokenizer: set data.tokenizer (--tokenizer DIR) or "
+            "model.init_from (--init-from DIR) to a directory holding one"
+        )
+    return load_tokenizer(path)
+
+
+def open_store(path: str | None, tokenizer: Any, key: str, kind: str) -> Any:
+    """Open a prepared store of `kind` and check it was prepared with `tokenizer`.
+
+    Raises:
+        ValueError: `path` unset, or a store of another kind / tokenizer.
+        FileNotFoundError: no store at `path`.
+    """
+    from pegasus_gsg.store import TokenStore
+
+    if path is None:
+        raise ValueError(
+            f"{key} is not set: pass --{key.split('.')[-1]} DIR, a store written "
+            f"by `pegasus-gsg prepare {kind}`"
+        )
+    if not Path(path).is_dir():
+        raise FileNotFoundError(
+            f"{key}={path}: no such data directory; create it with "
+            f"`pegasus-gsg prepare {kind} --out {path} ...`"
+        )
+    store = TokenStore.open(path, tokenizer=tokenizer)
+    if store.kind != kind:
+        raise ValueError(
+            f"{key}={path} is a {store.kind!r} store; this entry point needs a "
+            f"{kind!r} store (`pegasus-gsg prepare {kind}`)"
+        )
+    return store
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
+def run_cli(main: Callable[[Sequence[str] | None], Any], prog: str) -> int:
+    """Run an entry point's `main` as a program: logging set up, errors as one line."""
+    logging.basicConfig(
+        level=logging.INFO if _rank() == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        main(None)
+    except (ValueError, FileNotFoundError) as err:
+        if _rank() == 0:
+            print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,181 @@
+"""ROUGE scoring and the `pegasus-gsg evaluate` command (pegasus_gsg/evaluate.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from rouge_score import rouge_scorer
+
+from pegasus_gsg.evaluate import ROUGE_TYPES, generate, rouge_report, rouge_scores
+
+PREDICTIONS = [
+    "The cats were running across the gardens.\nThey stopped at the gate.",
+    "Meeting moved to Tuesday at 10 am",
+    "quarterly results beat the forecast",
+    "",
+]
+REFERENCES = [
+    "A cat runs across the garden.\nIt stops at the gate.",
+    "Meeting rescheduled: Tuesday 10am",
+    "Q3 results: forecast beaten",
+    "Lunch on Friday?",
+]
+
+
+def test_scores_equal_rouge_score_with_stemming_and_newline_sentences():
+    ours = rouge_scores(PREDICTIONS, REFERENCES)
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    for i, (p, r) in enumerate(zip(PREDICTIONS, REFERENCES, strict=True)):
+        expected = scorer.score(r, p)
+        for t in ROUGE_TYPES:
+            assert ours[t][i] == expected[t].fmeasure
+    # Stemming matters here: "cats"/"cat", "running"/"runs", "gardens"/"garden" match.
+    unstemmed = rouge_scorer.RougeScorer(["rouge1"]).score(REFERENCES[0], PREDICTIONS[0])
+    assert ours["rouge1"][0] > unstemmed["rouge1"].fmeasure
+    report = rouge_report(PREDICTIONS, REFERENCES)
+    for t in ROUGE_TYPES:
+        assert report[t].mid == pytest.approx(100 * ours[t].mean())
+
+
+def test_rouge1_by_hand():
+    # 5 of 6 unigrams shared both ways ("the" twice, cat, on, mat): P = R = F = 5/6.
+    scores = rouge_scores(["the cat sat on the mat"], ["the cat is on the mat"])
+    assert scores["rouge1"][0] == pytest.approx(5 / 6)
+    assert scores["rouge2"][0] == pytest.approx(3 / 5)  # the cat, on the, the mat
+
+
+def test_lsum_uses_the_newline_sentences():
+    prediction, reference = "b c d\na x y", "a x y\nb c d"
+    split = rouge_scores([prediction], [reference])["rougeLsum"][0]
+    joined = rouge_scores([prediction.replace("\n", " ")], [reference.replace("\n", " ")])
+    assert split == pytest.approx(1.0)  # each reference sentence is found whole
+    assert joined["rougeLsum"][0] < 1.0  # one long sentence: the LCS loses one half
+
+
+def test_chinese_is_scored_on_characters():
+    scores = rouge_scores(["我爱北京"], ["我爱上海"])
+    assert scores["rouge1"][0] == pytest.approx(0.5)
+    assert scores["rouge2"][0] == pytest.approx(1 / 3)  # 我爱 of 我爱/爱北/北京
+    # rouge-score's own tokenizer keeps only [a-z0-9]: Chinese would score 0.
+    plain = rouge_scorer.RougeScorer(["rouge1"]).score("我爱上海", "我爱北京")
+    assert plain["rouge1"].fmeasure == 0.0
+    assert rouge_scores(["我爱北京"], ["我爱上海"], lang="en")["rouge1"][0] == 0.0
+
+
+def test_bootstrap_interval_brackets_the_mean_and_is_reproducible():
+    rng = np.random.default_rng(1)
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+    refs = [" ".join(rng.choice(words, 6)) for _ in range(40)]
+    preds = [" ".join(rng.choice(words, 6)) for _ in range(40)]
+    a = rouge_report(preds, refs, bootstrap_samples=500, seed=3)
+    b = rouge_report(preds, refs, bootstrap_samples=500, seed=3)
+    assert a == b
+    for s in a.values():
+        assert 0 <= s.low < s.mid < s.high <= 100
+    same = rouge_report(refs, refs, bootstrap_samples=200)
+    assert all(s.low == s.mid == s.high == 100 for s in same.values())
+
+
+def test_mismatched_lengths_are_refused():
+    with pytest.raises(ValueError, match="2 predictions for 1 references"):
+        rouge_scores(["a", "b"], ["a"])
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tiny_tokenizer_dir, tmp_path_factory):
+    from pegasus_gsg.config import EvalConfig, ModelConfig
+    from pegasus_gsg.model import build_model, export, generation_config
+    from pegasus_gsg.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=1,
+            attention_heads=2,
+            ffn_dim=64,
+            max_position_embeddings=256,
+        ),
+        len(tokenizer),
+    )
+    return export(
+        model,
+        tokenizer,
+        tmp_path_factory.mktemp("model"),
+        generation_config(EvalConfig(max_new_tokens=8)),
+    )
+
+
+def test_generate_returns_input_order_whatever_the_batching(tiny_model_dir):
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_model_dir)
+    inputs = [[200 + i] * n + [1] for i, n in enumerate([3, 40, 7, 1, 25])]
+    one_by_one = [generate(model, [x], model.generation_config)[0] for x in inputs]
+    batched = generate(model, inputs, model.generation_config, max_tokens=64)
+    assert batched == one_by_one
+
+
+def test_evaluate_command_writes_predictions_and_prints_rouge(
+    tiny_model_dir, shared_data, tmp_path, capsys
+):
+    from pegasus_gsg.cli import main
+
+    out = tmp_path / "predictions.jsonl"
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(tiny_model_dir),
+            "--input",
+            str(shared_data / "aeslc" / "data.jsonl"),
+            "--split",
+            "test",
+            "--dedupe",
+            "--max-samples",
+            "12",
+            "--out",
+            str(out),
+            "--bootstrap",
+            "100",
+        ]
+    )
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 12 and len({r["id"] for r in rows}) == 12
+    printed = capsys.readouterr().out
+    report = rouge_report(
+        [r["prediction"] for r in rows], [r["reference"] for r in rows], bootstrap_samples=100
+    )
+    for name, score in report.items():
+        assert f"{name:<10} {score.mid:>7.2f}" in printed
+    saved = json.loads((tmp_path / "predictions.jsonl.rouge.json").read_text())
+    assert saved["n"] == 12
+    assert saved["scores"]["rouge1"]["mid"] == pytest.approx(report["rouge1"].mid)
+
+
+def test_evaluate_command_names_a_missing_field(tiny_model_dir, tmp_path, capsys):
+    from pegasus_gsg.cli import main
+
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"document": "a b c", "summary": "a"}\n{"text": "x"}\n')
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(tiny_model_dir),
+            "--input",
+            str(data),
+            "--out",
+            str(tmp_path / "p.jsonl"),
+        ]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"{data}:2: no string field 'document'" in err
+    assert not (tmp_path / "p.jsonl").exists()
