@@ -1,0 +1,57 @@
+# pegasus-gsg summarization server.
+#
+#   docker build -t pegasus-gsg-server .                       # CPU torch (default)
+#   docker build -t pegasus-gsg-server:cu128 \
+#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
+#   docker run --rm -p 127.0.0.1:50051:50051 -v /path/to/model:/model:ro pegasus-gsg-server
+#
+# The model directory (a save_pretrained dir: config, weights, tokenizer, generation config) is
+# mounted read-only at /model. Inside the container the server must bind 0.0.0.0 to be reachable
+# through the published port; publish it on 127.0.0.1 (as above) unless the host should expose it.
+# Extra server flags go after the image name, e.g. `... pegasus-gsg-server --max-batch-size 32`.
+# TLS / auth: mount the files and pass --tls-cert/--tls-key, --auth-token-file (or set
+# PEGASUS_GSG_AUTH_TOKEN).
+
+ARG PYTHON_VERSION=3.11
+FROM python:${PYTHON_VERSION}-slim
+
+ARG TORCH_VERSION=2.13.0
+# CPU wheels by default; a CUDA index (e.g. .../whl/cu128) gives a GPU build.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1
+
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin pegasus
+
+WORKDIR /app
+# torch first, pinned, from the chosen index: letting pip resolve a bare `torch` from PyPI
+# would pull a multi-GB CUDA build into a CPU image.
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+
+COPY pyproject.toml README.md ./
+COPY pegasus_gsg ./pegasus_gsg
+COPY server ./server
+COPY proto ./proto
+# Editable install, as setup and CI do: server/protos.py finds proto/summarizer.proto next to
+# the server package and compiles it at import time (grpcio-tools is a runtime dependency).
+RUN pip install -e . \
+    && python -c "from server.protos import pb2; print(pb2.DESCRIPTOR.package)"
+
+USER pegasus
+VOLUME ["/model"]
+EXPOSE 50051
+
+# The standard gRPC health service (no auth token needed); NOT_SERVING while loading/draining.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-m", "server.healthcheck", "--target", "127.0.0.1:50051"]
+
+# SIGTERM (docker stop) drains: NOT_SERVING, then in-flight requests get --grace seconds
+# (8 s fits docker stop's default 10 s before SIGKILL; raise both together: docker stop -t).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["python", "-m", "server", "--model", "/model", "--host", "0.0.0.0", "--port", "50051"]
+CMD ["--grace", "8"]

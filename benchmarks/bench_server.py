@@ -1,0 +1,488 @@
+"""Server load benchmark: the batching server against a naive one-at-a-time server, same run.
+
+Setup (cached under --work-dir, nothing written into the repo): a tokenizer trained on real
+text (AESLC email bodies + Reuters news from ../shared/data) and a random-weight PEGASUS of
+--d-model with --layers encoder and decoder layers, saved with `save_pretrained`. Random weights
+rarely emit `</s>`, so every request decodes --max-new-tokens tokens: uniform, honest work.
+
+1. Load: both servers run as separate processes on 127.0.0.1 with the same torch thread count:
+   `python -m server` (batching worker) and the naive server below (one request at a time
+   through `model.generate` under a lock, same proto). For each repeat and concurrency level
+   (1, 4, 16) a load generator sends the same --requests real AESLC documents (truncated to
+   --max-input-tokens) from that many client threads; servers alternate so machine noise hits
+   both. Reported: throughput (requests/s, median over repeats), p50/p99 latency (pooled), and
+   the batched/naive throughput ratio. Target: >= 4x at concurrency 16 on CPU.
+2. Identity: the batched server's greedy summaries at the highest concurrency must equal the
+   naive server's (unbatched) ones, document by document.
+3. Soak (--soak-seconds N): client threads send a random mix of valid requests (unary, batch,
+   stream, truncated over-long input) and invalid ones (empty text, out-of-range options,
+   over-long without truncation, an expired deadline, a stream cancelled half way) to the
+   batching server; any status other than the one expected for that kind is an unexpected
+   error (target 0). The server's RSS is sampled once a second; growth is measured from the end
+   of the first 20% of the soak (allocator warm-up) to the end (target < 10%).
+
+Run: `.venv/bin/python benchmarks/bench_server.py` (about 5 minutes on 2 busy cores);
+`--soak-seconds 300` adds the 5-minute soak. `--json FILE` writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from server.protos import pb2, pb2_grpc  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--work-dir", type=Path, default=Path("/tmp/pegasus_gsg_bench_server"))
+    p.add_argument("--model", type=Path, help="use this model dir instead of building one")
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--vocab-size", type=int, default=4000)
+    p.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-input-tokens", type=int, default=256)
+    p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    # 1 by default: on a shared, oversubscribed machine OpenMP threads spin at barriers waiting
+    # for a descheduled partner, and 2 threads ran ~8x slower than 1 here (load average > 4 on
+    # 2 cores). Both servers always get the same count.
+    p.add_argument("--torch-threads", type=int, default=1)
+    p.add_argument("--soak-seconds", type=float, default=0.0)
+    p.add_argument("--soak-clients", type=int, default=8)
+    p.add_argument("--skip-load", action="store_true", help="only the soak")
+    p.add_argument("--json", type=Path, help="write the results here")
+    # Internal: run the naive baseline server in this process.
+    p.add_argument("--naive-server", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# -- setup ----------------------------------------------------------------------------------------
+
+
+def read_field(path: Path, field: str, limit: int) -> list[str]:
+    out, seen = [], set()
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            text = json.loads(line)[field]
+            if text.strip() and text not in seen:  # AESLC has duplicate bodies
+                seen.add(text)
+                out.append(text)
+            if len(out) >= limit:
+                break
+    return out
+
+
+def build_model(args: argparse.Namespace) -> Path:
+    from pegasus_gsg.tokenizer import train_tokenizer
+    from tests._model_fixtures import build_model_dir
+
+    name = f"pegasus-d{args.d_model}-l{args.layers}-v{args.vocab_size}"
+    model_dir = args.work_dir / name
+    if (model_dir / "config.json").exists():
+        return model_dir
+    texts = read_field(args.data / "aeslc" / "data.jsonl", "document", 3000)
+    texts += read_field(args.data / "reuters21578_en" / "data.jsonl", "text", 2000)
+    tokenizer_dir = args.work_dir / f"tokenizer-v{args.vocab_size}"
+    train_tokenizer(texts, vocab_size=args.vocab_size, out_dir=tokenizer_dir)
+    return build_model_dir(
+        tokenizer_dir,
+        model_dir,
+        d_model=args.d_model,
+        layers=args.layers,
+        heads=4,
+        ffn_dim=4 * args.d_model,
+        max_position_embeddings=512,
+        max_new_tokens=args.max_new_tokens,
+        init_std=0.1,
+    )
+
+
+# -- the naive baseline server ----------------------------------------------------------------
+
+
+class NaiveServicer(pb2_grpc.SummarizerServicer):
+    """One request at a time: tokenize, `model.generate`, decode, under one lock."""
+
+    def __init__(self, model_dir: Path, max_input_tokens: int) -> None:
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
+        self.max_input_tokens = max_input_tokens
+        self.lock = threading.Lock()
+
+    def Summarize(self, request, context):
+        import torch
+
+        with self.lock, torch.inference_mode():
+            inputs = self.tokenizer(
+                request.text,
+                truncation=True,
+                max_length=self.max_input_tokens,
+                return_tensors="pt",
+            )
+            kwargs = {}
+            if request.options.HasField("max_new_tokens"):
+                kwargs["max_new_tokens"] = request.options.max_new_tokens
+            output = self.model.generate(**inputs, **kwargs)
+            summary = self.tokenizer.decode(output[0], skip_special_tokens=True)
+        return pb2.SummarizeResponse(
+            summary=summary, input_tokens=inputs["input_ids"].shape[1], batch_size=1
+        )
+
+
+def naive_server_main(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.torch_threads)
+    torch.set_num_interop_threads(1)
+    servicer = NaiveServicer(args.model, args.max_input_tokens)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
+    pb2_grpc.add_SummarizerServicer_to_server(servicer, server)
+    port = server.add_insecure_port(f"127.0.0.1:{args.port}")
+    server.start()
+    print(f"listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+    server.wait_for_termination()
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+class Server:
+    """A server subprocess; its port is read from its 'listening on' log line."""
+
+    def __init__(self, name: str, argv: list[str], ready: str) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, *argv], cwd=REPO, stderr=subprocess.PIPE, text=True
+        )
+        self.port = None
+        for line in self.proc.stderr:
+            if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
+                self.port = int(match.group(1))
+            if re.search(ready, line):
+                break
+        if self.port is None:
+            raise RuntimeError(f"{name} server did not start (exit {self.proc.poll()})")
+        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+        self.target = f"127.0.0.1:{self.port}"
+        self.channel = grpc.insecure_channel(self.target)
+        self.stub = pb2_grpc.SummarizerStub(self.channel)
+        self.ps = psutil.Process(self.proc.pid)
+
+    def rss(self) -> int:
+        return self.ps.memory_info().rss
+
+    def stop(self) -> None:
+        self.channel.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def start_servers(args: argparse.Namespace, model_dir: Path, naive: bool) -> dict[str, Server]:
+    common = ["--model", str(model_dir), "--port", "0", "--torch-threads", str(args.torch_threads)]
+    common += ["--max-input-tokens", str(args.max_input_tokens)]
+    batched = ["-m", "server", *common, "--max-batch-size", str(args.max_batch_size)]
+    batched += ["--max-wait-ms", str(args.max_wait_ms)]
+    batched += ["--max-new-tokens-limit", str(max(64, args.max_new_tokens))]
+    servers = {"batched": Server("batched", batched, ready=r"listening on")}
+    if naive:
+        argv = [str(Path(__file__).resolve()), "--naive-server", *common]
+        servers["naive"] = Server("naive", argv, ready=r"listening on")
+    for server in servers.values():  # the batched server loads after binding: wait for it
+        grpc.channel_ready_future(server.channel).result(timeout=300)
+        wait_until_serving(server)
+    return servers
+
+
+def wait_until_serving(server: Server) -> None:
+    request = pb2.SummarizeRequest(text="warm up", options=pb2.GenerationOptions(max_new_tokens=2))
+    for _ in range(600):
+        try:
+            server.stub.Summarize(request, timeout=60)
+            return
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            time.sleep(0.5)
+    raise RuntimeError(f"{server.name} server never became ready")
+
+
+# -- load -----------------------------------------------------------------------------------------
+
+
+def run_load(
+    server: Server, docs: list[str], concurrency: int, max_new_tokens: int
+) -> tuple[float, list[float], list[str], list[int]]:
+    """(seconds, latencies, summaries in doc order, batch sizes) for one pass over `docs`."""
+    options = pb2.GenerationOptions(max_new_tokens=max_new_tokens)
+    summaries: list[str] = [""] * len(docs)
+    latencies: list[float] = [0.0] * len(docs)
+    batch_sizes: list[int] = [0] * len(docs)
+
+    def one(i: int) -> None:
+        request = pb2.SummarizeRequest(
+            text=docs[i], options=options, overlong=pb2.OVERLONG_POLICY_TRUNCATE
+        )
+        started = time.perf_counter()
+        reply = server.stub.Summarize(request, timeout=600)
+        latencies[i] = time.perf_counter() - started
+        summaries[i] = reply.summary
+        batch_sizes[i] = reply.batch_size
+
+    started = time.perf_counter()
+    with futures.ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(len(docs))))
+    return time.perf_counter() - started, latencies, summaries, batch_sizes
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def benchmark_load(args: argparse.Namespace, servers: dict[str, Server], docs: list[str]) -> dict:
+    runs: dict[tuple[str, int], list] = {}
+    summaries: dict[tuple[str, int], list[str]] = {}
+    for repeat in range(args.repeats):
+        for c in args.concurrency:
+            for name in ("naive", "batched"):
+                seconds, lat, out, sizes = run_load(servers[name], docs, c, args.max_new_tokens)
+                runs.setdefault((name, c), []).append((seconds, lat, sizes))
+                summaries[(name, c)] = out
+                print(
+                    f"repeat {repeat + 1} c={c:<3} {name:<8} {len(docs) / seconds:7.2f} req/s "
+                    f"(mean batch {statistics.mean(sizes):.1f})",
+                    flush=True,
+                )
+    table = []
+    for c in args.concurrency:
+        row = {"concurrency": c}
+        for name in ("naive", "batched"):
+            results = runs[(name, c)]
+            latencies = [x for _, lat, _ in results for x in lat]
+            row[name] = {
+                "throughput_rps": statistics.median(len(docs) / s for s, _, _ in results),
+                "p50_ms": 1000 * percentile(latencies, 50),
+                "p99_ms": 1000 * percentile(latencies, 99),
+                "mean_batch_size": statistics.mean(x for _, _, sizes in results for x in sizes),
+            }
+        row["throughput_ratio"] = row["batched"]["throughput_rps"] / row["naive"]["throughput_rps"]
+        table.append(row)
+    top = max(args.concurrency)
+    reference = summaries[("naive", min(args.concurrency))]
+    batched = summaries[("batched", top)]
+    mismatches = [i for i, (a, b) in enumerate(zip(reference, batched, strict=True)) if a != b]
+    return {
+        "table": table,
+        "identity": {
+            "compared": len(docs),
+            "mismatches": len(mismatches),
+            "distinct_summaries": len(set(reference)),
+        },
+    }
+
+
+# -- soak -----------------------------------------------------------------------------------------
+
+OK, INVALID = grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT
+
+
+def soak(args: argparse.Namespace, server: Server, docs: list[str], long_doc: str) -> dict:
+    """Mixed valid/invalid traffic for --soak-seconds; counts unexpected statuses and RSS."""
+    stub = server.stub
+    opts = pb2.GenerationOptions
+
+    def request(text: str, overlong=pb2.OVERLONG_POLICY_REJECT, **options):
+        return pb2.SummarizeRequest(text=text, options=opts(**options), overlong=overlong)
+
+    truncate = pb2.OVERLONG_POLICY_TRUNCATE
+
+    def unary(text, overlong=truncate, timeout=60.0, **options):
+        return lambda rng: stub.Summarize(request(text(rng), overlong, **options), timeout=timeout)
+
+    def batch(rng):
+        texts = rng.sample(docs, 3)
+        options = opts(max_new_tokens=8)
+        stub.SummarizeBatch(
+            pb2.SummarizeBatchRequest(texts=texts, options=options, overlong=truncate), timeout=60
+        )
+
+    def stream_all(rng):
+        messages = list(
+            stub.SummarizeStream(request(rng.choice(docs), truncate, max_new_tokens=16), timeout=60)
+        )
+        if "".join(m.text_delta for m in messages) != messages[-1].final.summary:
+            raise AssertionError("stream concatenation differs from the final summary")
+
+    def stream_cancel(rng):
+        call = stub.SummarizeStream(
+            request(rng.choice(docs), truncate, max_new_tokens=24), timeout=60
+        )
+        next(call)
+        call.cancel()
+        return grpc.StatusCode.CANCELLED
+
+    def doc(rng):
+        return rng.choice(docs)
+
+    def long(rng):
+        return long_doc
+
+    reject = pb2.OVERLONG_POLICY_REJECT
+    # kind: (weight, action, expected status); an action that returns normally means OK
+    kinds = {
+        "unary": (30, unary(doc, max_new_tokens=16), OK),
+        "batch": (10, batch, OK),
+        "stream": (10, stream_all, OK),
+        "truncate": (5, unary(long, max_new_tokens=8), OK),
+        "beam": (5, unary(doc, max_new_tokens=8, num_beams=2), OK),
+        "empty": (8, unary(lambda rng: " "), INVALID),
+        "bad_option": (8, unary(doc, max_new_tokens=0), INVALID),
+        "bad_top_p": (4, unary(doc, do_sample=True, top_p=2.0), INVALID),
+        "overlong": (5, unary(long, reject), INVALID),
+        "deadline": (5, unary(doc, timeout=0.001), grpc.StatusCode.DEADLINE_EXCEEDED),
+        "cancel": (5, stream_cancel, grpc.StatusCode.CANCELLED),
+    }
+    names = list(kinds)
+    weights = [kinds[k][0] for k in names]
+    counts = {k: 0 for k in names}
+    unexpected: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            kind = rng.choices(names, weights)[0]
+            _, action, expected = kinds[kind]
+            try:
+                result = action(rng)
+                code = result if isinstance(result, grpc.StatusCode) else OK
+            except grpc.RpcError as err:
+                code = err.code()
+            except Exception as err:  # a wrong answer counts as an unexpected error too
+                code = f"{type(err).__name__}: {err}"
+            with lock:
+                counts[kind] += 1
+                if code != expected:
+                    unexpected.append(f"{kind}: got {code}, expected {expected}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.soak_clients)]
+    started = time.monotonic()
+    rss = []
+    for t in threads:
+        t.start()
+    while time.monotonic() - started < args.soak_seconds:
+        time.sleep(1.0)
+        rss.append((time.monotonic() - started, server.rss()))
+    stop.set()
+    for t in threads:
+        t.join()
+    baseline = next(v for t, v in rss if t >= 0.2 * args.soak_seconds)
+    info = stub.GetModelInfo(pb2.GetModelInfoRequest(), timeout=60)
+    return {
+        "seconds": args.soak_seconds,
+        "requests": sum(counts.values()),
+        "by_kind": counts,
+        "unexpected_errors": len(unexpected),
+        "unexpected_examples": unexpected[:10],
+        "rss_mib_start": rss[0][1] / 2**20,
+        "rss_mib_after_warmup": baseline / 2**20,
+        "rss_mib_end": rss[-1][1] / 2**20,
+        "rss_mib_max": max(v for _, v in rss) / 2**20,
+        "rss_growth_after_warmup": rss[-1][1] / baseline - 1,
+        "server_stats": {
+            "completed": info.stats.requests_completed,
+            "failed": info.stats.requests_failed,
+            "dropped": info.stats.requests_dropped,
+            "mean_batch_size": round(info.stats.mean_batch_size, 2),
+        },
+    }
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.naive_server:
+        naive_server_main(args)
+        return 0
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    model_dir = args.model or build_model(args)
+    docs = read_field(args.data / "aeslc" / "data.jsonl", "document", 5000)[-args.requests :]
+    long_doc = " ".join(read_field(args.data / "reuters21578_en" / "data.jsonl", "text", 30))
+    results: dict = {"model": str(model_dir), "settings": {
+        k: getattr(args, k) for k in (
+            "d_model", "layers", "vocab_size", "requests", "repeats", "max_new_tokens",
+            "max_input_tokens", "max_batch_size", "max_wait_ms", "torch_threads")
+    }}  # fmt: skip
+    servers = start_servers(args, model_dir, naive=not args.skip_load)
+    try:
+        if not args.skip_load:
+            results.update(benchmark_load(args, servers, docs))
+            print_load(results)
+        if args.soak_seconds > 0:
+            results["soak"] = soak(args, servers["batched"], docs, long_doc)
+            print(json.dumps(results["soak"], indent=2))
+    finally:
+        for server in servers.values():
+            server.stop()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def print_load(results: dict) -> None:
+    s = results["settings"]
+    print(
+        f"\nmodel d_model={s['d_model']} layers={s['layers']}+{s['layers']} vocab={s['vocab_size']}"
+        f" | {s['requests']} AESLC docs per level, {s['max_new_tokens']} new tokens, "
+        f"torch threads {s['torch_threads']}, median of {s['repeats']} repeats"
+    )
+    print(
+        f"{'conc':>4} | {'naive req/s':>11} {'p50 ms':>8} {'p99 ms':>8} | "
+        f"{'batched req/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'batch':>5} | {'ratio':>5}"
+    )
+    for row in results["table"]:
+        n, b = row["naive"], row["batched"]
+        print(
+            f"{row['concurrency']:>4} | {n['throughput_rps']:>11.2f} {n['p50_ms']:>8.0f} "
+            f"{n['p99_ms']:>8.0f} | {b['throughput_rps']:>13.2f} {b['p50_ms']:>8.0f} "
+            f"{b['p99_ms']:>8.0f} {b['mean_batch_size']:>5.1f} | {row['throughput_ratio']:>5.2f}x"
+        )
+    ident = results["identity"]
+    print(
+        f"greedy identity (batched at top concurrency vs naive unbatched): "
+        f"{ident['compared'] - ident['mismatches']}/{ident['compared']} identical, "
+        f"{ident['distinct_summaries']} distinct summaries"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

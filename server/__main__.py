@@ -1,0 +1,143 @@
+"""`python -m server --model DIR`: serve a save_pretrained summarizer over gRPC.
+
+The port is bound (health NOT_SERVING) before the model loads, so orchestrators see a live but
+not-ready server during the load; SIGTERM/SIGINT start a graceful drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from server.app import ListenConfig, SummarizerServer
+
+logger = logging.getLogger("server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m server", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, type=Path, help="save_pretrained model directory")
+    net = p.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    net.add_argument("--port", type=int, default=50051, help="0 = any free port (logged)")
+    net.add_argument("--max-workers", type=int, default=64, help="handler threads = max RPCs")
+    net.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024)
+    net.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
+    net.add_argument("--tls-key", type=Path, help="PEM private key")
+    net.add_argument(
+        "--auth-token-file",
+        type=Path,
+        help="require 'authorization: Bearer <token>' (token read from this file; "
+        "or set PEGASUS_GSG_AUTH_TOKEN)",
+    )
+    net.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    batch = p.add_argument_group("batching and limits")
+    batch.add_argument("--max-batch-size", type=int, default=16)
+    batch.add_argument("--max-batch-tokens", type=int, default=16384)
+    batch.add_argument("--max-wait-ms", type=float, default=5.0)
+    batch.add_argument("--max-queue", type=int, default=256)
+    batch.add_argument("--max-input-tokens", type=int, help="default: the model's position limit")
+    batch.add_argument("--max-new-tokens-limit", type=int, default=512)
+    batch.add_argument("--max-num-beams", type=int, default=8)
+    batch.add_argument("--default-max-new-tokens", type=int, default=64)
+    run = p.add_argument_group("runtime")
+    run.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    run.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="intra-op threads for generate (default: the CPUs this process may use)",
+    )
+    run.add_argument("--grace", type=float, default=10.0, help="seconds in-flight RPCs get")
+    run.add_argument(
+        "--drain-delay",
+        type=float,
+        default=0.0,
+        help="seconds between NOT_SERVING and refusing new RPCs (let load balancers notice)",
+    )
+    run.add_argument("--log-level", default="INFO")
+    return p
+
+
+def set_torch_threads(threads: int | None) -> int:
+    """One intra-op pool sized to our CPUs, no inter-op pool: only the worker runs torch."""
+    import torch
+
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    torch.set_num_threads(max(1, threads))
+    torch.set_num_interop_threads(1)
+    return torch.get_num_threads()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from server.auth import read_token
+
+    token = os.environ.get("PEGASUS_GSG_AUTH_TOKEN") or None
+    if args.auth_token_file is not None:
+        token = read_token(args.auth_token_file)
+    listen = ListenConfig(
+        host=args.host,
+        port=args.port,
+        max_workers=args.max_workers,
+        max_message_bytes=args.max_message_bytes,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        auth_token=token,
+        metrics_port=args.metrics_port,
+    )
+    from server.model import ServingConfig, SummarizerModel
+
+    serving = ServingConfig(
+        max_batch_size=args.max_batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_input_tokens=args.max_input_tokens,
+        max_new_tokens_limit=args.max_new_tokens_limit,
+        max_num_beams=args.max_num_beams,
+        default_max_new_tokens=args.default_max_new_tokens,
+        device=args.device,
+    )
+    threads = set_torch_threads(args.torch_threads)
+    app = SummarizerServer(listen, lambda: SummarizerModel(args.model, serving))
+
+    def on_signal(signum, frame):
+        logger.info("received %s", signal.Signals(signum).name)
+        threading.Thread(
+            target=app.shutdown, args=(args.grace, args.drain_delay), daemon=True
+        ).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    app.start()
+    if app.metrics_port is not None:
+        logger.info("metrics on http://%s:%d/metrics", args.host, app.metrics_port)
+    logger.info("torch intra-op threads: %d", threads)
+    try:
+        app.load()
+    except Exception:
+        logger.exception("could not load %s", args.model)
+        app.shutdown(grace=0)
+        return 1
+    app.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError) as err:
+        print(f"python -m server: error: {err}", file=sys.stderr)
+        sys.exit(2)

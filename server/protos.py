@@ -1,0 +1,49 @@
+"""Python stubs for proto/summarizer.proto, compiled at import time.
+
+`grpc.protos_and_services` runs protoc (grpcio-tools, a runtime dependency) in memory the first
+time this module is imported, so no generated `_pb2.py` file lives in the repository to be edited
+by hand or to fall out of date. protoc looks for the .proto on sys.path; the proto/ directory is
+put there only for the duration of the import.
+
+The .proto is found, in order, at `$PEGASUS_GSG_PROTO_DIR/summarizer.proto` or at
+`<repo>/proto/summarizer.proto`, next to this package: the layout of a source checkout, of an
+editable install (`pip install -e .`, what setup and CI do) and of the Docker image.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import grpc
+
+PROTO_FILE = "summarizer.proto"
+SERVICE_NAME = "pegasus.summarizer.v1.Summarizer"
+
+
+def proto_dir() -> Path:
+    """Directory holding summarizer.proto; raises FileNotFoundError naming where it looked."""
+    candidates = []
+    if os.environ.get("PEGASUS_GSG_PROTO_DIR"):
+        candidates.append(Path(os.environ["PEGASUS_GSG_PROTO_DIR"]))
+    candidates.append(Path(__file__).resolve().parents[1] / "proto")
+    for candidate in candidates:
+        if (candidate / PROTO_FILE).is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{PROTO_FILE} not found in {', '.join(str(c) for c in candidates)}; "
+        "set PEGASUS_GSG_PROTO_DIR to the directory that holds it"
+    )
+
+
+def _load():
+    directory = str(proto_dir())
+    sys.path.insert(0, directory)
+    try:
+        return grpc.protos_and_services(PROTO_FILE)
+    finally:
+        sys.path.remove(directory)
+
+
+pb2, pb2_grpc = _load()
