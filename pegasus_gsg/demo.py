@@ -1,0 +1,499 @@
+"""`pegasus-gsg demo`: raw text to a served summarizer in one command, on real data.
+
+Stages, each the same command a user would run by hand:
+
+1. **tokenizer**  a PEGASUS-layout Unigram tokenizer trained on the pretraining corpus;
+2. **prepare**    the corpus split into sentences, GSG-ranked (Ind-Orig) and tokenized into a
+                  store; the AESLC pairs deduplicated on the email body (1,301 duplicates as
+                  released) and prepared for fine-tuning, with held-out pairs whose bodies occur
+                  nowhere in the training data;
+3. **pretrain**   `python -m pegasus_gsg.pretrain` on the store for a wall-clock budget;
+4. **finetune**   `python -m pegasus_gsg.finetune` from the pretrained weights;
+5. **evaluate**   `pegasus-gsg evaluate` on the held-out pairs: ROUGE-1/2/Lsum with 95% CIs;
+6. **serve**      `python -m server` on a free local port; unseen emails are summarized through
+                  a real gRPC channel and printed next to their real subjects; SIGTERM drains it.
+
+The run directory gets `report.md` with the stage table, loss curves and ROUGE as PNG plots.
+The defaults fit in about 15 minutes on 2 CPU cores; `--minutes` scales the two training
+budgets, which take about 80% of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pegasus_gsg.jsonl import read_jsonl
+from pegasus_gsg.report import markdown_table, plot_curves, plot_rouge_bars, read_metric
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = Path("../shared/data")
+PRETRAIN_SHARE = 0.45
+"""Share of `--minutes` given to pretraining; fine-tuning gets FINETUNE_SHARE."""
+FINETUNE_SHARE = 0.35
+
+
+@dataclass
+class DemoOptions:
+    """What `pegasus-gsg demo` runs on and how big; every field has a default."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    """Folder holding `<corpus>/data.jsonl` and `<pairs>/data.jsonl` (../shared/data)."""
+    corpus: str = "reuters21578_en"
+    """Pretraining corpus: a folder name under data_dir, or a JSON Lines file with `text`."""
+    pairs: str = "aeslc"
+    """Fine-tuning pairs: a folder under data_dir, or a JSON Lines file with `document`,
+    `summary` and optionally `split` (train / dev|validation / test)."""
+    out: Path = Path("demo-out")
+    minutes: float = 12.0
+    """Target length of the whole run; the training budgets are shares of it."""
+    corpus_docs: int = 15000
+    vocab_size: int = 4000
+    train_pairs: int = 4000
+    eval_pairs: int = 200
+    show_examples: int = 5
+    max_input_len: int = 256
+    max_target_len: int = 32
+    seed: int = 0
+    smoke: bool = False
+    """Seconds-long run on tiny slices through every stage (used by the tests)."""
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        self.out = Path(self.out)
+        if not self.minutes > 0:
+            raise ValueError(f"--minutes must be > 0, got {self.minutes}")
+        for name in ("corpus_docs", "vocab_size", "train_pairs", "eval_pairs", "show_examples"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.smoke:
+            self.corpus_docs = min(self.corpus_docs, 300)
+            self.vocab_size = min(self.vocab_size, 800)
+            self.train_pairs = min(self.train_pairs, 64)
+            self.eval_pairs = min(self.eval_pairs, 8)
+            self.show_examples = min(self.show_examples, 2)
+
+    def resolve(self, name: str, what: str) -> Path:
+        """`name` as a JSON Lines path: an existing file, else data_dir/name/data.jsonl.
+
+        Raises:
+            FileNotFoundError: neither exists; says exactly what to pass instead.
+        """
+        as_file = Path(name)
+        if as_file.is_file():
+            return as_file
+        path = self.data_dir / name / "data.jsonl"
+        if path.is_file():
+            return path
+        flag = "--corpus" if what == "corpus" else "--pairs"
+        raise FileNotFoundError(
+            f"{what} {name!r}: neither a file nor {path}. The demo reads the project's real data "
+            f"from ../shared/data; pass --data-dir DIR (a folder with {name}/data.jsonl), or "
+            f"{flag} FILE.jsonl ("
+            + (
+                "one document per line in field 'text'"
+                if what == "corpus"
+                else "fields 'document' and 'summary', optional 'split'"
+            )
+            + ")"
+        )
+
+
+@dataclass
+class Stage:
+    name: str
+    seconds: float
+    figure: str
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    stages: list[Stage] = field(default_factory=list)
+    rouge: dict[str, dict[str, float]] = field(default_factory=dict)
+    examples: list[dict[str, str]] = field(default_factory=list)
+    report: Path | None = None
+
+
+def _timed(result: DemoResult, name: str, fn: Callable[[], str]) -> None:
+    logger.info("== stage %s", name)
+    start = time.perf_counter()
+    figure = fn()
+    result.stages.append(Stage(name, time.perf_counter() - start, figure))
+    logger.info("== stage %s done in %.1f s: %s", name, result.stages[-1].seconds, figure)
+
+
+def _run(cmd: list[str], log: Path) -> None:
+    """Run a stage's command, streaming its output to the terminal and to `log`.
+
+    Raises:
+        RuntimeError: the command failed; names it and the log holding its output.
+    """
+    logger.info("$ %s", " ".join(cmd))
+    with log.open("w", encoding="utf-8") as f:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            f.write(line)
+            sys.stderr.write(line)
+        code = proc.wait()
+    if code != 0:
+        raise RuntimeError(f"stage command failed with exit {code}: {' '.join(cmd)} (see {log})")
+
+
+def _dedup_pairs(path: Path, opts: DemoOptions, out_dir: Path) -> tuple[Path, Path, Path, int]:
+    """Split pairs into train / validation / held-out test JSON Lines, deduplicated on document.
+
+    A body that occurs in several splits (AESLC has 108 dev/test overlaps) is kept only in the
+    first split it was met in, train first, so nothing evaluated was trained on.
+    """
+    by_split: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
+    aliases = {"dev": "validation", "val": "validation", "valid": "validation"}
+    seen: set[str] = set()
+    duplicates = 0
+    records = [r for _, r in read_jsonl(path, required=("document", "summary"))]
+    # Train first so that bodies shared with the evaluation splits stay on the training side.
+    records.sort(key=lambda r: 0 if aliases.get(r.get("split"), r.get("split")) == "train" else 1)
+    for record in records:
+        body = record["document"].strip()
+        if not body or not record["summary"].strip():
+            duplicates += 1
+            continue
+        if body in seen:
+            duplicates += 1
+            continue
+        seen.add(body)
+        split = aliases.get(record.get("split"), record.get("split"))
+        by_split.get(split or "train", by_split["train"]).append(record)
+    if not by_split["test"]:  # no split field: hold out the tail
+        cut = max(1, len(by_split["train"]) // 10)
+        by_split["test"] = by_split["train"][-cut:]
+        by_split["train"] = by_split["train"][:-cut]
+    if not by_split["validation"]:
+        by_split["validation"] = by_split["test"][: len(by_split["test"]) // 2]
+    limits = {
+        "train": opts.train_pairs,
+        "validation": max(opts.eval_pairs // 2, 4),
+        "test": opts.eval_pairs + opts.show_examples,
+    }
+    paths = []
+    for split, limit in limits.items():
+        p = out_dir / f"pairs_{split}.jsonl"
+        rows = by_split[split][:limit]
+        if not rows:
+            raise ValueError(f"{path}: no usable {split} pairs after deduplication")
+        p.write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+        )
+        paths.append(p)
+    return paths[0], paths[1], paths[2], duplicates
+
+
+def _train_overrides(opts: DemoOptions, minutes: float) -> list[str]:
+    steps = 8 if opts.smoke else 100_000  # the wall-clock budget ends real runs
+    return [
+        "model.preset=tiny",
+        f"model.max_position_embeddings={max(opts.max_input_len, opts.max_target_len)}",
+        f"data.max_input_len={opts.max_input_len}",
+        f"data.max_target_len={opts.max_target_len}",
+        f"data.max_tokens={2048 if opts.smoke else 4096}",
+        "schedule.decay=inverse_sqrt",
+        f"schedule.warmup_steps={2 if opts.smoke else 100}",
+        f"schedule.max_steps={steps}",
+        f"schedule.max_minutes={minutes:.3f}",
+        f"checkpoint.log_every={1 if opts.smoke else 10}",
+        "checkpoint.save_every=0",
+        f"seed={opts.seed}",
+    ]
+
+
+def _final_loss(metrics: Path) -> str:
+    curve = read_metric(metrics, "loss")
+    if not curve.values:
+        return "no logged steps"
+    return f"loss {curve.values[0]:.2f} -> {curve.values[-1]:.2f} in {curve.steps[-1]} steps"
+
+
+class _ServerProcess:
+    """`python -m server` in a subprocess; its port is read from its 'listening on' log line."""
+
+    def __init__(self, model_dir: Path, log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "--model",
+                str(model_dir),
+                "--port",
+                "0",
+                "--grace",
+                "5",
+                "--max-wait-ms",
+                "20",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.port: int | None = None
+        self._ready = threading.Event()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stderr is not None
+        with self.log.open("w", encoding="utf-8") as f:
+            for line in self.proc.stderr:
+                f.write(line)
+                f.flush()
+                match = re.search(r"listening on [\d.]+:(\d+)", line)
+                if match and self.port is None:
+                    self.port = int(match.group(1))
+                    self._ready.set()
+        self._ready.set()
+
+    def wait_port(self, timeout: float = 120.0) -> int:
+        if not self._ready.wait(timeout) or self.port is None:
+            self.proc.kill()
+            raise RuntimeError(f"the server did not start listening (see {self.log})")
+        return self.port
+
+    def stop(self, timeout: float = 30.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise RuntimeError(f"the server did not drain within {timeout} s") from None
+
+
+def _iter_texts(path: Path, limit: int) -> Iterator[str]:
+    for n, (_, record) in enumerate(read_jsonl(path, required=("text",))):
+        if n >= limit:
+            return
+        yield record["text"]
+
+
+def run_demo(opts: DemoOptions) -> DemoResult:
+    """Run every stage; returns the stage table, ROUGE and example summaries.
+
+    Raises:
+        FileNotFoundError: the corpus or pairs cannot be found (the message says what to pass).
+        RuntimeError: a stage's command failed (the message names its log file).
+    """
+    corpus = opts.resolve(opts.corpus, "corpus")
+    pairs = opts.resolve(opts.pairs, "pairs")
+    out = opts.out.absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    result = DemoResult(out)
+    py = sys.executable
+    tok_dir, pre_store = out / "tokenizer", out / "pretrain_store"
+    pre_run, ft_run = out / "pretrain", out / "finetune"
+    pretrain_minutes = opts.minutes * PRETRAIN_SHARE
+    finetune_minutes = opts.minutes * FINETUNE_SHARE
+
+    def tokenizer() -> str:
+        from pegasus_gsg.tokenizer import train_tokenizer
+
+        texts = list(_iter_texts(corpus, opts.corpus_docs))
+        tok = train_tokenizer(texts, opts.vocab_size, tok_dir)
+        return f"{len(tok)} ids from {len(texts)} documents"
+
+    def prepare() -> str:
+        from pegasus_gsg.prepare import PrepareConfig, prepare
+        from pegasus_gsg.store import TokenStore
+
+        nproc = 1 if opts.smoke else min(2, os.cpu_count() or 1)
+        done = prepare(
+            [str(corpus)],
+            tok_dir,
+            pre_store,
+            PrepareConfig(
+                kind="pretrain",
+                strategy="ind_orig",
+                skip_bad=True,
+                max_records=opts.corpus_docs,
+                num_proc=nproc,
+                overwrite=True,
+                progress=True,
+            ),
+        )
+        train, val, _, dups = _dedup_pairs(pairs, opts, out)
+        for split, path in (("train", train), ("validation", val)):
+            prepare(
+                [str(path)],
+                tok_dir,
+                out / f"finetune_{split}",
+                PrepareConfig(kind="finetune", overwrite=True, progress=True),
+            )
+        m = done.manifest or {}
+        store = TokenStore.open(pre_store)
+        return (
+            f"{len(store)} docs, {m.get('num_tokens', 0):,} tokens "
+            f"({store.dtype.name}); {opts.pairs}: {dups} duplicate/empty pairs dropped"
+        )
+
+    def pretrain() -> str:
+        _run(
+            [
+                py,
+                "-m",
+                "pegasus_gsg.pretrain",
+                "--train",
+                str(pre_store),
+                "--tokenizer",
+                str(tok_dir),
+                "--out",
+                str(pre_run),
+                "data.gsr=0.3",
+                "optim.lr=1e-3",
+                *_train_overrides(opts, pretrain_minutes),
+            ],
+            logs / "pretrain.log",
+        )
+        return _final_loss(pre_run / "metrics.jsonl")
+
+    def finetune() -> str:
+        _run(
+            [
+                py,
+                "-m",
+                "pegasus_gsg.finetune",
+                "--init-from",
+                str(pre_run / "model"),
+                "--train",
+                str(out / "finetune_train"),
+                "--validation",
+                str(out / "finetune_validation"),
+                "--out",
+                str(ft_run),
+                "optim.lr=5e-4",
+                "optim.label_smoothing=0.1",
+                "eval.max_new_tokens=24",
+                *_train_overrides(opts, finetune_minutes),
+            ],
+            logs / "finetune.log",
+        )
+        return _final_loss(ft_run / "metrics.jsonl")
+
+    def evaluate() -> str:
+        preds = out / "predictions.jsonl"
+        _run(
+            [
+                py,
+                "-m",
+                "pegasus_gsg",
+                "evaluate",
+                "--model",
+                str(ft_run / "model"),
+                "--input",
+                str(out / "pairs_test.jsonl"),
+                "--max-samples",
+                str(opts.eval_pairs),
+                "--max-new-tokens",
+                "24",
+                "--out",
+                str(preds),
+            ],
+            logs / "evaluate.log",
+        )
+        scores = json.loads(preds.with_name(preds.name + ".rouge.json").read_text())["scores"]
+        result.rouge = scores
+        return " / ".join(f"{name} {s['mid']:.1f}" for name, s in scores.items())
+
+    def serve() -> str:
+        from pegasus_gsg.client import SummarizerClient
+
+        held_out = [r for _, r in read_jsonl(out / "pairs_test.jsonl")]
+        unseen = held_out[opts.eval_pairs : opts.eval_pairs + opts.show_examples] or held_out[:1]
+        server = _ServerProcess(ft_run / "model", logs / "server.log")
+        try:
+            port = server.wait_port()
+            with SummarizerClient(f"127.0.0.1:{port}", timeout=60.0) as client:
+                deadline = time.monotonic() + 120
+                while client.health() != "SERVING":
+                    if time.monotonic() > deadline or server.proc.poll() is not None:
+                        raise RuntimeError(f"the server never became SERVING (see {server.log})")
+                    time.sleep(0.2)
+                replies = client.summarize_batch(
+                    [r["document"] for r in unseen], truncate=True, max_new_tokens=24
+                )
+            for record, reply in zip(unseen, replies, strict=True):
+                result.examples.append(
+                    {
+                        "document": record["document"],
+                        "subject": record["summary"],
+                        "generated": reply.summary,
+                    }
+                )
+        finally:
+            code = server.stop()
+        if code != 0:
+            raise RuntimeError(f"the server exited with {code} after SIGTERM (see {server.log})")
+        return f"{len(result.examples)} summaries over gRPC on port {port}; drained, exit 0"
+
+    _timed(result, "tokenizer", tokenizer)
+    _timed(result, "prepare", prepare)
+    _timed(result, "pretrain", pretrain)
+    _timed(result, "finetune", finetune)
+    _timed(result, "evaluate", evaluate)
+    _timed(result, "serve", serve)
+    result.report = write_report(result, opts)
+    return result
+
+
+def write_report(result: DemoResult, opts: DemoOptions) -> Path:
+    """`OUT/report.md` with the stage table, loss curves and ROUGE plots (PNG)."""
+    out = result.out
+    curves = [
+        read_metric(out / "pretrain" / "metrics.jsonl", "loss", "pretrain (GSG loss)"),
+        read_metric(out / "finetune" / "metrics.jsonl", "loss", "fine-tune (train loss)"),
+    ]
+    val = out / "finetune" / "metrics.jsonl"
+    val_curve = read_metric(val, "val_loss", "fine-tune (validation loss)")
+    plot_curves(
+        [*curves, *([val_curve] if val_curve.steps else [])],
+        out / "loss.png",
+        title="Training loss",
+        ylabel="cross-entropy per target token",
+    )
+    bars = {opts.pairs: {k: (v["mid"], v["low"], v["high"]) for k, v in result.rouge.items()}}
+    plot_rouge_bars(bars, out / "rouge.png", title=f"ROUGE on held-out {opts.pairs} pairs")
+    stage_rows = [(s.name, f"{s.seconds:.0f} s", s.figure) for s in result.stages]
+    rouge_rows = [
+        (k, v["mid"], f"[{v['low']:.2f}, {v['high']:.2f}]") for k, v in result.rouge.items()
+    ]
+    example_rows = [(e["subject"], e["generated"]) for e in result.examples]
+    total = sum(s.seconds for s in result.stages)
+    text = "\n\n".join(
+        [
+            "# pegasus-gsg demo run",
+            f"Corpus `{opts.corpus}`, pairs `{opts.pairs}`, {opts.minutes:g}-minute budget; "
+            f"total {total / 60:.1f} min.",
+            "## Stages\n\n" + markdown_table(("stage", "time", "result"), stage_rows),
+            "## Loss\n\n![loss curves](loss.png)",
+            f"## ROUGE (F1 x100, 95% bootstrap CI, {opts.eval_pairs} held-out pairs)\n\n"
+            + markdown_table(("metric", "F1", "95% CI"), rouge_rows)
+            + "\n\n![ROUGE](rouge.png)",
+            "## Unseen inputs served over gRPC\n\n"
+            + markdown_table(("real subject", "generated subject"), example_rows),
+        ]
+    )
+    path = out / "report.md"
+    path.write_text(text + "\n", encoding="utf-8")
+    return path
