@@ -4,10 +4,12 @@ Scoring is the `rouge-score` package (the paper's): F-measure of ROUGE-1, ROUGE-
 ROUGE-Lsum, with the Porter stemmer for English. ROUGE-Lsum is the summary-level LCS over
 sentences, and rouge-score takes the sentences to be the lines of the text, so predictions and
 references keep their newlines (our tokenizers keep `\\n` as a token, so generated multi-line
-summaries survive). rouge-score's tokenizer keeps only `[a-z0-9]` runs and would score Chinese
-as empty text; when the references are mostly CJK, every CJK character becomes a token of its
-own instead (pegasus_gsg.scoring.tokenize, no stemming), i.e. character-level ROUGE as used for
-LCSTS.
+summaries survive), and each line is further cut into sentences, one per line, as the HF
+summarization example does with nltk (here with GSG's own splitter, which needs no downloaded
+model; ROUGE-1/2 ignore line breaks, so only Lsum sees this). rouge-score's tokenizer keeps
+only `[a-z0-9]` runs and would score Chinese as empty text; when the references are mostly
+CJK, every CJK character becomes a token of its own instead (pegasus_gsg.scoring.tokenize, no
+stemming), i.e. character-level ROUGE as used for LCSTS.
 
 Reported numbers are 100 x the mean F-measure over examples, with a percentile bootstrap 95%
 interval (resample the examples with replacement `bootstrap_samples` times; a seeded NumPy RNG,
@@ -32,6 +34,7 @@ from transformers import GenerationConfig, PreTrainedModel
 
 from pegasus_gsg.scoring import CJK_RANGES
 from pegasus_gsg.scoring import tokenize as cjk_aware_tokenize
+from pegasus_gsg.sentences import split_sentences
 from pegasus_gsg.vocab import PAD_ID
 
 logger = logging.getLogger(__name__)
@@ -72,6 +75,13 @@ def make_scorer(lang: str = "en") -> rouge_scorer.RougeScorer:
     return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 
 
+def sentence_lines(text: str) -> str:
+    """One sentence per line: what rouge-score's rougeLsum takes as the sentences."""
+    return "\n".join(
+        s.strip() for line in text.split("\n") for s in split_sentences(line) if s.strip()
+    )
+
+
 def rouge_scores(
     predictions: Sequence[str], references: Sequence[str], *, lang: str = "auto"
 ) -> dict[str, np.ndarray]:
@@ -89,7 +99,8 @@ def rouge_scores(
     scorer = make_scorer(lang)
     out = {t: np.empty(len(predictions)) for t in ROUGE_TYPES}
     for i, (pred, ref) in enumerate(zip(predictions, references, strict=True)):
-        scores = scorer.score(ref, pred)  # rouge-score's order: (target, prediction)
+        # rouge-score's order: (target, prediction)
+        scores = scorer.score(sentence_lines(ref), sentence_lines(pred))
         for t in ROUGE_TYPES:
             out[t][i] = scores[t].fmeasure
     return out

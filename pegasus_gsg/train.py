@@ -409,15 +409,19 @@ def train(
     # --- loop --------------------------------------------------------------------------------
     model.train()
     interval = _Interval(accelerator.device)
+    # With a wall-clock budget the bar counts the budget's seconds: a step count would be an
+    # upper bound that the run never reaches.
+    budget_s = None if cfg.schedule.max_minutes is None else 60 * cfg.schedule.max_minutes
     progress = tqdm(
-        total=max_steps,
-        initial=state.step,
+        total=max_steps if budget_s is None else round(budget_s),
+        initial=state.step if budget_s is None else 0,
         desc="train",
-        unit="step",
+        unit="step" if budget_s is None else "s",
         disable=not accelerator.is_local_main_process,
     )
     with logging_redirect_tqdm(), profiler or contextlib.nullcontext():
-        deadline = time.monotonic() + 60 * (cfg.schedule.max_minutes or math.inf)
+        started = time.monotonic()
+        deadline = started + (budget_s if budget_s is not None else math.inf)
         at_end = state.step >= max_steps
         while not at_end:
             t0 = time.perf_counter()
@@ -455,7 +459,11 @@ def train(
                 raise RuntimeError("accumulation window ended without a gradient sync")
             state.step += 1
             interval.counts += counts
-            progress.update(1)
+            if budget_s is None:
+                progress.update(1)
+            else:
+                progress.n = min(round(time.monotonic() - started), progress.total)
+                progress.set_postfix(step=state.step, refresh=True)
             if profiler is not None:
                 profiler.step()
 

@@ -179,3 +179,18 @@ def test_evaluate_command_names_a_missing_field(tiny_model_dir, tmp_path, capsys
     err = capsys.readouterr().err
     assert f"{data}:2: no string field 'document'" in err
     assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_rouge_lsum_scores_sentences_not_one_long_line() -> None:
+    from pegasus_gsg.evaluate import sentence_lines
+
+    assert sentence_lines("The cat sat. The dog ran!\nA third line") == (
+        "The cat sat.\nThe dog ran!\nA third line"
+    )
+    # Same two sentences in the other order: the summary-level LCS matches every sentence in
+    # full, while one-line LCS can match only one of them.
+    pred, ref = "the dog ran home. the cat sat down.", "the cat sat down. the dog ran home."
+    lsum = rouge_scores([pred], [ref], lang="en")["rougeLsum"][0]
+    plain_l = rouge_scorer.RougeScorer(["rougeL"]).score(ref, pred)["rougeL"].fmeasure
+    assert lsum == pytest.approx(1.0)
+    assert plain_l < 0.6

@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-pairs", type=int, default=defaults.eval_pairs)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=defaults.threads,
+        help="torch threads per training process (default 1)",
+    )
+    parser.add_argument(
         "--smoke", action="store_true", help="seconds-long run through every stage on tiny slices"
     )
 
@@ -57,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         train_pairs=args.train_pairs,
         eval_pairs=args.eval_pairs,
         seed=args.seed,
+        threads=args.threads,
         smoke=args.smoke,
     )
     try:

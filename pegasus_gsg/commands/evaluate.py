@@ -16,6 +16,8 @@ import logging
 import os
 from pathlib import Path
 
+from pegasus_gsg.jsonl import read_jsonl
+
 logger = logging.getLogger(__name__)
 
 
@@ -61,30 +63,23 @@ def read_pairs(args: argparse.Namespace) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"--input {path}: no such file")
     records, seen, duplicates = [], set(), 0
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
+    for line_no, record in read_jsonl(path, skip_blank=True):
+        if args.split is not None and record.get("split") != args.split:
+            continue
+        for field in (args.text_field, args.summary_field):
+            if not isinstance(record.get(field), str):
+                raise ValueError(
+                    f"{path}:{line_no}: no string field {field!r} "
+                    f"(fields: {sorted(record)}); set --text-field/--summary-field"
+                )
+        if args.dedupe:
+            if record[args.text_field] in seen:
+                duplicates += 1
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
-            if args.split is not None and record.get("split") != args.split:
-                continue
-            for field in (args.text_field, args.summary_field):
-                if not isinstance(record.get(field), str):
-                    raise ValueError(
-                        f"{path}:{line_no}: no string field {field!r} "
-                        f"(fields: {sorted(record)}); set --text-field/--summary-field"
-                    )
-            if args.dedupe:
-                if record[args.text_field] in seen:
-                    duplicates += 1
-                    continue
-                seen.add(record[args.text_field])
-            records.append(record)
-            if args.max_samples is not None and len(records) >= args.max_samples:
-                break
+            seen.add(record[args.text_field])
+        records.append(record)
+        if args.max_samples is not None and len(records) >= args.max_samples:
+            break
     if duplicates:
         logger.info("skipped %d duplicate documents", duplicates)
     if not records:
