@@ -160,5 +160,6 @@ class SummarizerServer:
         logger.info("stopped")
 
     def wait(self) -> None:
-        """Block until `shutdown` has finished."""
-        self._stopped.wait()
+        """Block until `shutdown` has finished, waking often so signal handlers run promptly."""
+        while not self._stopped.wait(0.5):
+            pass

@@ -65,3 +65,9 @@ def tiny_summarizer_dir(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempP
 
     out = tmp_path_factory.mktemp("tiny_summarizer")
     return build_model_dir(tiny_tokenizer_dir, out, d_model=32, layers=1, max_new_tokens=12)
+
+
+# No model or dataset hub is reachable here or in CI: every model and tokenizer the tests load
+# is a local directory, and nothing should try the network first.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

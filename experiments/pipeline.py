@@ -1,0 +1,226 @@
+"""Restartable experiment stages, deduplicated pair slices and result tables.
+
+Shared by `low_resource.py` and `chinese.py`. An experiment is a list of stages, each one
+command line of the project's own tools (`pegasus-gsg tokenizer train`, `pegasus-gsg prepare`,
+`python -m pegasus_gsg.pretrain|finetune`, `pegasus-gsg evaluate`), run in a subprocess with
+its output in `OUT/logs/<stage>.log`. A stage that finished leaves `OUT/done/<stage>.json`
+(the exact command, seconds, end time); a rerun of the script skips it, so an interrupted
+experiment continues where it stopped. Pretraining runs save checkpoints and are resumed with
+`--resume latest`; the short fine-tuning runs are simply restarted from scratch.
+
+Pairs: `dedup_pairs` keeps each document once, training side first, so no evaluated document
+was seen in training (AESLC as released repeats 1,301 email bodies, some across splits). The
+training slices are nested (the first 100 of the 1,000) and every slice is a seeded shuffle,
+so each row of a table saw the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+SPLIT_ALIASES = {"dev": "validation", "val": "validation", "valid": "validation"}
+
+
+@dataclass
+class StageRunner:
+    """Runs stages as subprocesses in the repository root; skips those already done."""
+
+    out: Path
+    threads: int = 2
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        (self.out / "logs").mkdir(parents=True, exist_ok=True)
+        (self.out / "done").mkdir(parents=True, exist_ok=True)
+
+    def done(self, name: str) -> dict[str, Any] | None:
+        marker = self.out / "done" / f"{name}.json"
+        return json.loads(marker.read_text()) if marker.is_file() else None
+
+    def run(self, name: str, cmd: Sequence[str], *, clean: Path | None = None) -> dict[str, Any]:
+        """Run `cmd` unless stage `name` is done; `clean` is removed first (a partial run).
+
+        Raises:
+            RuntimeError: the command failed; names it and its log.
+        """
+        record = self.done(name)
+        if record is not None:
+            logger.info("skip %s (done in %.0f s at %s)", name, record["seconds"], record["end"])
+            record = {**record, "skipped": True}
+            self.records.append(record)
+            return record
+        if clean is not None and clean.exists():
+            shutil.rmtree(clean)
+        line = shlex.join(str(c) for c in cmd)
+        logger.info("$ %s", line)
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(self.threads),
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        log = self.out / "logs" / f"{name}.log"
+        start = time.perf_counter()
+        with log.open("w", encoding="utf-8") as f:
+            code = subprocess.call(
+                [str(c) for c in cmd], cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env
+            )
+        seconds = time.perf_counter() - start
+        if code != 0:
+            raise RuntimeError(f"stage {name} failed with exit {code}: {line} (see {log})")
+        record = {
+            "stage": name,
+            "command": line,
+            "seconds": round(seconds, 1),
+            "end": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (self.out / "done" / f"{name}.json").write_text(json.dumps(record, indent=2))
+        logger.info("done %s in %.0f s", name, seconds)
+        self.records.append(record)
+        return record
+
+
+def rel(path: Path) -> str:
+    """`path` relative to the repository root (`../shared/data/...` for the shared data), so
+    the recorded commands run from any checkout's root."""
+    return os.path.relpath(Path(path).resolve(), REPO)
+
+
+def read_pairs(path: Path) -> list[dict[str, Any]]:
+    """All records of a JSON Lines pairs file (`document`, `summary`, `split`)."""
+    from pegasus_gsg.jsonl import read_jsonl
+
+    return [r for _, r in read_jsonl(path, required=("document", "summary"))]
+
+
+@dataclass
+class DedupedPairs:
+    train: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+    duplicates: int
+    """Records dropped: their document was already kept (or is a test copy of a train one)."""
+    empty: int
+    """Records dropped for an empty document or summary."""
+
+
+def dedup_pairs(
+    records: Iterable[Mapping[str, Any]], *, train_split: str = "train", test_split: str = "test"
+) -> DedupedPairs:
+    """Each document once; a document in both splits stays on the training side only.
+
+    Records of other splits (dev/validation) are ignored. The comparison is on the document
+    with surrounding whitespace stripped.
+    """
+    train: list[dict[str, Any]] = []
+    test: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    duplicates = empty = 0
+    rows = [dict(r) for r in records]
+    for split, out in ((train_split, train), (test_split, test)):
+        for record in rows:
+            if SPLIT_ALIASES.get(record.get("split"), record.get("split")) != split:
+                continue
+            body = str(record["document"]).strip()
+            if not body or not str(record["summary"]).strip():
+                empty += 1
+                continue
+            if body in seen:
+                duplicates += 1
+                continue
+            seen.add(body)
+            out.append(record)
+    return DedupedPairs(train, test, duplicates, empty)
+
+
+def seeded_sample(rows: Sequence[Any], n: int, seed: int) -> list[Any]:
+    """The first `n` of a seeded shuffle of `rows` (nested: a smaller n is a prefix).
+
+    Raises:
+        ValueError: fewer than `n` rows.
+    """
+    if n > len(rows):
+        raise ValueError(f"asked for {n} examples but only {len(rows)} are available")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    return [rows[i] for i in order[:n]]
+
+
+def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write rows atomically (temp file + rename), so a half-written file never looks done."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_rouge(preds: Path) -> dict[str, Any]:
+    """The `<preds>.rouge.json` that `pegasus-gsg evaluate` writes: {"n", "scores"}."""
+    return json.loads(preds.with_name(preds.name + ".rouge.json").read_text())
+
+
+ROUGE_COLUMNS = (("rouge1", "R-1"), ("rouge2", "R-2"), ("rougeLsum", "R-Lsum"))
+
+
+def fmt_score(score: Mapping[str, float]) -> str:
+    """`21.3 [19.8, 22.9]`: mean and 95% bootstrap interval."""
+    return f"{score['mid']:.1f} [{score['low']:.1f}, {score['high']:.1f}]"
+
+
+def results_table(
+    results: Sequence[Mapping[str, Any]], keys: Sequence[str], labels: Mapping[str, str]
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a markdown table: the `keys` columns, then ROUGE with intervals.
+
+    Each result is {key: value, ..., "scores": {rouge1: {low, mid, high}, ...}}. Within a group
+    of rows that agree on every key but the last, the best mean of each metric is in bold.
+    """
+    header = [labels.get(k, k) for k in keys] + [name for _, name in ROUGE_COLUMNS]
+    best: dict[tuple[Any, ...], dict[str, float]] = {}
+    for r in results:
+        group = tuple(r[k] for k in keys[:-1])
+        for metric, _ in ROUGE_COLUMNS:
+            mid = r["scores"][metric]["mid"]
+            best.setdefault(group, {})
+            best[group][metric] = max(best[group].get(metric, mid), mid)
+    rows = []
+    for r in results:
+        group = tuple(r[k] for k in keys[:-1])
+        cells = [str(r[k]) for k in keys]
+        for metric, _ in ROUGE_COLUMNS:
+            text = fmt_score(r["scores"][metric])
+            is_best = r["scores"][metric]["mid"] == best[group][metric]
+            cells.append(f"**{text}**" if is_best and len(results) > 1 else text)
+        rows.append(cells)
+    return header, rows
+
+
+def overlapping(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
+    """Whether two 95% intervals overlap (a rough check; not a significance test)."""
+    return a["low"] <= b["high"] and b["low"] <= a["high"]
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
