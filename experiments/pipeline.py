@@ -30,11 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pegasus_gsg.pairs import DedupedPairs
+from pegasus_gsg.pairs import dedup_pairs as _dedup_pairs
+
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
-SPLIT_ALIASES = {"dev": "validation", "val": "validation", "valid": "validation"}
 
 
 @dataclass
@@ -109,43 +111,9 @@ def read_pairs(path: Path) -> list[dict[str, Any]]:
     return [r for _, r in read_jsonl(path, required=("document", "summary"))]
 
 
-@dataclass
-class DedupedPairs:
-    train: list[dict[str, Any]]
-    test: list[dict[str, Any]]
-    duplicates: int
-    """Records dropped: their document was already kept (or is a test copy of a train one)."""
-    empty: int
-    """Records dropped for an empty document or summary."""
-
-
-def dedup_pairs(
-    records: Iterable[Mapping[str, Any]], *, train_split: str = "train", test_split: str = "test"
-) -> DedupedPairs:
-    """Each document once; a document in both splits stays on the training side only.
-
-    Records of other splits (dev/validation) are ignored. The comparison is on the document
-    with surrounding whitespace stripped.
-    """
-    train: list[dict[str, Any]] = []
-    test: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    duplicates = empty = 0
-    rows = [dict(r) for r in records]
-    for split, out in ((train_split, train), (test_split, test)):
-        for record in rows:
-            if SPLIT_ALIASES.get(record.get("split"), record.get("split")) != split:
-                continue
-            body = str(record["document"]).strip()
-            if not body or not str(record["summary"]).strip():
-                empty += 1
-                continue
-            if body in seen:
-                duplicates += 1
-                continue
-            seen.add(body)
-            out.append(record)
-    return DedupedPairs(train, test, duplicates, empty)
+def dedup_pairs(records: Iterable[Mapping[str, Any]]) -> DedupedPairs:
+    """Train and test pairs, each document once, training side first (dev/validation ignored)."""
+    return _dedup_pairs(records, ("train", "test"))
 
 
 def seeded_sample(rows: Sequence[Any], n: int, seed: int) -> list[Any]:

@@ -2,11 +2,12 @@
 
 Stages, each the same command a user would run by hand:
 
-1. **tokenizer**  a PEGASUS-layout Unigram tokenizer trained on the pretraining corpus;
+1. **tokenizer**  a PEGASUS-layout Unigram tokenizer trained on the pretraining corpus and the
+                  fine-tuning training pairs; the AESLC pairs are first deduplicated on the
+                  email body (1,301 duplicates as released), with held-out pairs whose bodies
+                  occur nowhere in the training data;
 2. **prepare**    the corpus split into sentences, GSG-ranked (Ind-Orig) and tokenized into a
-                  store; the AESLC pairs deduplicated on the email body (1,301 duplicates as
-                  released) and prepared for fine-tuning, with held-out pairs whose bodies occur
-                  nowhere in the training data;
+                  store; the pairs tokenized into fine-tuning stores;
 3. **pretrain**   `python -m pegasus_gsg.pretrain` on the store for a wall-clock budget;
 4. **finetune**   `python -m pegasus_gsg.finetune` from the pretrained weights;
 5. **evaluate**   `pegasus-gsg evaluate` on the held-out pairs: ROUGE-1/2/Lsum with 95% CIs;
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pegasus_gsg.jsonl import read_jsonl
+from pegasus_gsg.pairs import dedup_pairs
 from pegasus_gsg.report import markdown_table, plot_curves, plot_rouge_bars, read_metric
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,9 @@ DEFAULT_DATA_DIR = Path("../shared/data")
 PRETRAIN_SHARE = 0.45
 """Share of `--minutes` given to pretraining; fine-tuning gets FINETUNE_SHARE."""
 FINETUNE_SHARE = 0.35
+LEAD_WORDS = 5
+"""The scale baseline: the first words of the email as its subject (AESLC subjects average
+about five words)."""
 
 
 @dataclass
@@ -134,6 +139,8 @@ class DemoResult:
     out: Path
     stages: list[Stage] = field(default_factory=list)
     rouge: dict[str, dict[str, float]] = field(default_factory=dict)
+    baseline: dict[str, dict[str, float]] = field(default_factory=dict)
+    """ROUGE of the first LEAD_WORDS words of each held-out document, for scale."""
     examples: list[dict[str, str]] = field(default_factory=list)
     report: Path | None = None
 
@@ -166,30 +173,19 @@ def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         raise RuntimeError(f"stage command failed with exit {code}: {' '.join(cmd)} (see {log})")
 
 
-def _dedup_pairs(path: Path, opts: DemoOptions, out_dir: Path) -> tuple[Path, Path, Path, int]:
+def _dedup_pairs(path: Path, opts: DemoOptions, out_dir: Path) -> tuple[Path, Path, Path, str]:
     """Split pairs into train / validation / held-out test JSON Lines, deduplicated on document.
 
     A body that occurs in several splits (AESLC has 108 dev/test overlaps) is kept only in the
-    first split it was met in, train first, so nothing evaluated was trained on.
+    first split it was met in, train first, so nothing evaluated was trained on. Returns the
+    three files and a note of what was dropped.
     """
-    by_split: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
-    aliases = {"dev": "validation", "val": "validation", "valid": "validation"}
-    seen: set[str] = set()
-    duplicates = 0
-    records = [r for _, r in read_jsonl(path, required=("document", "summary"))]
-    # Train first so that bodies shared with the evaluation splits stay on the training side.
-    records.sort(key=lambda r: 0 if aliases.get(r.get("split"), r.get("split")) == "train" else 1)
-    for record in records:
-        body = record["document"].strip()
-        if not body or not record["summary"].strip():
-            duplicates += 1
-            continue
-        if body in seen:
-            duplicates += 1
-            continue
-        seen.add(body)
-        split = aliases.get(record.get("split"), record.get("split"))
-        by_split.get(split or "train", by_split["train"]).append(record)
+    records = (r for _, r in read_jsonl(path, required=("document", "summary")))
+    pairs = dedup_pairs(records, ("train", "validation", "test"))
+    by_split = pairs.splits
+    dropped = f"{pairs.duplicates} duplicate and {pairs.empty} empty pairs dropped"
+    if pairs.other_split:
+        dropped += ", not used: " + ", ".join(f"{n} {k}" for k, n in pairs.other_split.items())
     if not by_split["test"]:  # no split field: hold out the tail
         cut = max(1, len(by_split["train"]) // 10)
         by_split["test"] = by_split["train"][-cut:]
@@ -211,7 +207,18 @@ def _dedup_pairs(path: Path, opts: DemoOptions, out_dir: Path) -> tuple[Path, Pa
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
         )
         paths.append(p)
-    return paths[0], paths[1], paths[2], duplicates
+    return paths[0], paths[1], paths[2], dropped
+
+
+def _lead_words_rouge(predictions: Path) -> dict[str, dict[str, float]]:
+    """ROUGE of the first LEAD_WORDS words of each evaluated document against its reference."""
+    from pegasus_gsg.evaluate import rouge_report
+
+    held_out = [r for _, r in read_jsonl(predictions.parent / "pairs_test.jsonl")]
+    evaluated = [r for _, r in read_jsonl(predictions, required=("index", "reference"))]
+    leads = [" ".join(held_out[r["index"]]["document"].split()[:LEAD_WORDS]) for r in evaluated]
+    report = rouge_report(leads, [r["reference"] for r in evaluated])
+    return {k: {"low": v.low, "mid": v.mid, "high": v.high} for k, v in report.items()}
 
 
 def _train_overrides(opts: DemoOptions, minutes: float) -> list[str]:
@@ -222,7 +229,6 @@ def _train_overrides(opts: DemoOptions, minutes: float) -> list[str]:
         f"data.max_input_len={opts.max_input_len}",
         f"data.max_target_len={opts.max_target_len}",
         f"data.max_tokens={2048 if opts.smoke else 4096}",
-        "schedule.decay=inverse_sqrt",
         f"schedule.warmup_steps={2 if opts.smoke else 100}",
         f"schedule.max_steps={steps}",
         f"schedule.max_minutes={minutes:.3f}",
@@ -321,12 +327,21 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     pretrain_minutes = opts.minutes * PRETRAIN_SHARE
     finetune_minutes = opts.minutes * FINETUNE_SHARE
 
+    split_pairs: dict[str, object] = {}
+
     def tokenizer() -> str:
         from pegasus_gsg.tokenizer import train_tokenizer
 
+        # The fine-tuning training pairs join the corpus, so that email bodies and subjects
+        # are not spelt out in byte pieces (held-out pairs stay unseen).
+        train, val, _, dropped = _dedup_pairs(pairs, opts, out)
+        split_pairs.update(train=train, validation=val, dropped=dropped)
         texts = list(_iter_texts(corpus, opts.corpus_docs))
-        tok = train_tokenizer(texts, opts.vocab_size, tok_dir)
-        return f"{len(tok)} ids from {len(texts)} documents"
+        pair_texts = [
+            f"{r['document']}\n{r['summary']}" for _, r in read_jsonl(train, required=("document",))
+        ]
+        tok = train_tokenizer(texts + pair_texts, opts.vocab_size, tok_dir)
+        return f"{len(tok)} ids from {len(texts)} documents + {len(pair_texts)} training pairs"
 
     def prepare() -> str:
         from pegasus_gsg.prepare import PrepareConfig, prepare
@@ -347,10 +362,9 @@ def run_demo(opts: DemoOptions) -> DemoResult:
                 progress=True,
             ),
         )
-        train, val, _, dups = _dedup_pairs(pairs, opts, out)
-        for split, path in (("train", train), ("validation", val)):
+        for split in ("train", "validation"):
             prepare(
-                [str(path)],
+                [str(split_pairs[split])],
                 tok_dir,
                 out / f"finetune_{split}",
                 PrepareConfig(kind="finetune", overwrite=True, progress=True),
@@ -359,7 +373,7 @@ def run_demo(opts: DemoOptions) -> DemoResult:
         store = TokenStore.open(pre_store)
         return (
             f"{len(store)} docs, {m.get('num_tokens', 0):,} tokens "
-            f"({store.dtype.name}); {opts.pairs}: {dups} duplicate/empty pairs dropped"
+            f"({store.dtype.name}); {opts.pairs}: {split_pairs['dropped']}"
         )
 
     def pretrain() -> str:
@@ -375,7 +389,8 @@ def run_demo(opts: DemoOptions) -> DemoResult:
                 "--out",
                 str(pre_run),
                 "data.gsr=0.3",
-                "optim.lr=1e-3",
+                "optim.lr=2e-3",
+                "schedule.decay=inverse_sqrt",
                 *_train_overrides(opts, pretrain_minutes),
             ],
             logs / "pretrain.log",
@@ -397,7 +412,8 @@ def run_demo(opts: DemoOptions) -> DemoResult:
                 str(out / "finetune_validation"),
                 "--out",
                 str(ft_run),
-                "optim.lr=5e-4",
+                "optim.lr=1.5e-3",
+                "schedule.decay=constant",
                 "optim.label_smoothing=0.1",
                 "eval.max_new_tokens=24",
                 *_train_overrides(opts, finetune_minutes),
@@ -431,7 +447,10 @@ def run_demo(opts: DemoOptions) -> DemoResult:
         )
         scores = json.loads(preds.with_name(preds.name + ".rouge.json").read_text())["scores"]
         result.rouge = scores
-        return " / ".join(f"{name} {s['mid']:.1f}" for name, s in scores.items())
+        result.baseline = _lead_words_rouge(preds)
+        lead = result.baseline["rouge1"]["mid"]
+        figures = " / ".join(f"{name} {s['mid']:.1f}" for name, s in scores.items())
+        return f"{figures} (first {LEAD_WORDS} words of the email: rouge1 {lead:.1f})"
 
     def serve() -> str:
         from pegasus_gsg.client import SummarizerClient
@@ -474,6 +493,17 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     return result
 
 
+SCALE_NOTE = (
+    "For scale: the model is a 0.5M-parameter PEGASUS trained for minutes on a CPU; at this "
+    "size and budget it learns the form of a subject line (short, capitalised, frequent "
+    "email words) long before it learns to pick the right words, and the first-words baseline "
+    "is usually ahead. The paper's PEGASUS-LARGE (568M parameters, pretrained for 500k steps "
+    "on TPUs) reaches ROUGE 37.7 / 21.3 / 36.5 on AESLC, the default pairs. Raise "
+    "`--minutes` to see the model improve; the pipeline, commands and files are the same at "
+    "every size."
+)
+
+
 def write_report(result: DemoResult, opts: DemoOptions) -> Path:
     """`OUT/report.md` with the stage table, loss curves and ROUGE plots (PNG)."""
     out = result.out
@@ -489,12 +519,18 @@ def write_report(result: DemoResult, opts: DemoOptions) -> Path:
         title="Training loss",
         ylabel="cross-entropy per target token",
     )
-    bars = {opts.pairs: {k: (v["mid"], v["low"], v["high"]) for k, v in result.rouge.items()}}
+    lead = f"first {LEAD_WORDS} words of the email"
+    bars = {
+        name: {k: (v["mid"], v["low"], v["high"]) for k, v in scores.items()}
+        for name, scores in (("fine-tuned model", result.rouge), (lead, result.baseline))
+    }
     plot_rouge_bars(bars, out / "rouge.png", title=f"ROUGE on held-out {opts.pairs} pairs")
     stage_rows = [(s.name, f"{s.seconds:.0f} s", s.figure) for s in result.stages]
-    rouge_rows = [
-        (k, v["mid"], f"[{v['low']:.2f}, {v['high']:.2f}]") for k, v in result.rouge.items()
-    ]
+
+    def cell(v: dict[str, float]) -> str:
+        return f"{v['mid']:.2f} [{v['low']:.2f}, {v['high']:.2f}]"
+
+    rouge_rows = [(k, cell(v), cell(result.baseline[k])) for k, v in result.rouge.items()]
     example_rows = [(e["subject"], e["generated"]) for e in result.examples]
     total = sum(s.seconds for s in result.stages)
     text = "\n\n".join(
@@ -505,8 +541,9 @@ def write_report(result: DemoResult, opts: DemoOptions) -> Path:
             "## Stages\n\n" + markdown_table(("stage", "time", "result"), stage_rows),
             "## Loss\n\n![loss curves](loss.png)",
             f"## ROUGE (F1 x100, 95% bootstrap CI, {opts.eval_pairs} held-out pairs)\n\n"
-            + markdown_table(("metric", "F1", "95% CI"), rouge_rows)
-            + "\n\n![ROUGE](rouge.png)",
+            + markdown_table(("metric", "fine-tuned model", lead), rouge_rows)
+            + "\n\n![ROUGE](rouge.png)\n\n"
+            + SCALE_NOTE,
             "## Unseen inputs served over gRPC\n\n"
             + markdown_table(("real subject", "generated subject"), example_rows),
         ]

@@ -40,8 +40,9 @@ def test_smoke_demo_runs_every_stage(shared_data: Path, tmp_path: Path, capsys) 
         assert losses and all(math.isfinite(v) for v in losses)
     # ROUGE report: three metrics, each a number in [0, 100] inside its interval.
     assert set(result.rouge) == {"rouge1", "rouge2", "rougeLsum"}
-    for score in result.rouge.values():
+    for score in [*result.rouge.values(), *result.baseline.values()]:
         assert 0.0 <= score["low"] <= score["mid"] <= score["high"] <= 100.0
+    assert set(result.baseline) == set(result.rouge)
     # Summaries came back over gRPC for unseen held-out emails.
     assert len(result.examples) == 2
     assert all(isinstance(e["generated"], str) for e in result.examples)
@@ -64,3 +65,26 @@ def test_demo_without_data_says_what_to_pass(tmp_path: Path, capsys) -> None:
     assert code == 1
     assert "--data-dir" in err and "--corpus FILE.jsonl" in err and "reuters21578_en" in err
     assert not (tmp_path / "o").exists()  # nothing written before the inputs were found
+
+
+def test_lead_words_baseline_scores_the_first_words_of_each_evaluated_email(tmp_path: Path):
+    from pegasus_gsg.demo import _lead_words_rouge
+
+    held_out = [
+        {
+            "document": "Meeting moved to Friday at noon, see you",
+            "summary": "Meeting moved to Friday",
+        },
+        {"document": "unused", "summary": "unused"},
+        {"document": "Budget numbers for Q3 attached below", "summary": "gas prices"},
+    ]
+    (tmp_path / "pairs_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out))
+    evaluated = [
+        {"index": 0, "reference": "Meeting moved to Friday"},
+        {"index": 2, "reference": "gas prices"},
+    ]
+    (tmp_path / "preds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evaluated))
+    scores = _lead_words_rouge(tmp_path / "preds.jsonl")
+    # First five words "Meeting moved to Friday at": P 4/5, R 4/4, F 8/9; the other shares nothing.
+    assert scores["rouge1"]["mid"] == pytest.approx(100 * (8 / 9) / 2)
+    assert scores["rouge2"]["mid"] == pytest.approx(100 * (2 * 3 / 4 * 1) / (3 / 4 + 1) / 2)
