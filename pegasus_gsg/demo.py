@@ -416,6 +416,7 @@ def run_demo(opts: DemoOptions) -> DemoResult:
                 "schedule.decay=constant",
                 "optim.label_smoothing=0.1",
                 "eval.max_new_tokens=24",
+                f"eval.every={4 if opts.smoke else 150}",
                 *_train_overrides(opts, finetune_minutes),
             ],
             logs / "finetune.log",
@@ -511,7 +512,7 @@ def write_report(result: DemoResult, opts: DemoOptions) -> Path:
         read_metric(out / "pretrain" / "metrics.jsonl", "loss", "pretrain (GSG loss)"),
         read_metric(out / "finetune" / "metrics.jsonl", "loss", "fine-tune (train loss)"),
     ]
-    val = out / "finetune" / "metrics.jsonl"
+    val = out / "finetune" / "eval.jsonl"
     val_curve = read_metric(val, "val_loss", "fine-tune (validation loss)")
     plot_curves(
         [*curves, *([val_curve] if val_curve.steps else [])],

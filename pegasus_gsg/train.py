@@ -17,7 +17,8 @@ Read `train` top to bottom; it is a plain PyTorch loop around an `accelerate.Acc
                    accelerator.backward divide out again) -> the gradient of the mean token loss
             clip, optimizer.step, scheduler.step, zero_grad   (acting only when sync_gradients)
         every log_every: `step 120/10000 | loss 3.41 | lr 2.9e-4 | 41k tok/s | data wait 3%`
-        every eval.every: validation loss (+ generation and ROUGE; the best model is exported)
+        every eval.every: validation loss (+ generation and ROUGE; the best model is exported),
+                          one JSON row appended to OUT/eval.jsonl
         every save_every: accelerator.save_state, keeping the newest `keep`
     export the final model with save_pretrained (+ tokenizer + GenerationConfig)
 
@@ -402,7 +403,8 @@ def train(
     unwrapped: Seq2SeqLossModel = accelerator.unwrap_model(model)
     gen = generation_config(cfg.eval)
     best_dir = out_dir / "best" if val_set is not None else None
-    metrics_file = out_dir / "metrics.jsonl"
+    metrics_file = out_dir / "metrics.jsonl"  # one row per log interval
+    eval_file = out_dir / "eval.jsonl"  # one row per validation
     batches = _batch_stream(loader, sampler, train_set, state)
     profiler = _profiler(out_dir) if profile and accelerator.is_main_process else None
 
@@ -486,6 +488,9 @@ def train(
                 # Higher is better: ROUGE-Lsum when generating, else minus the loss.
                 metric = result.get("rougeLsum", -result["val_loss"])
                 state.history.append(result)
+                if accelerator.is_main_process:
+                    with eval_file.open("a") as f:
+                        f.write(json.dumps(result) + "\n")
                 accelerator.log(
                     {f"val/{k}": v for k, v in result.items() if k != "step"}, step=state.step
                 )

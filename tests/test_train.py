@@ -159,6 +159,10 @@ def test_finetune_keeps_the_best_model_and_exports_a_loadable_one(stores, tmp_pa
     )
     history = result.state.history
     assert [h["step"] for h in history] == [20, 40]
+    # Every validation is also appended to eval.jsonl (what reports plot); metrics.jsonl keeps
+    # one training row per log interval.
+    assert [json.loads(x) for x in (out / "eval.jsonl").open()] == history
+    assert all("loss" in json.loads(x) for x in (out / "metrics.jsonl").open())
     for h in history:
         assert all(0.0 <= h[k] <= 100.0 for k in ("rouge1", "rouge2", "rougeLsum"))
     # Learned something real (the loss includes label smoothing, worth ~0.6 nats here).
