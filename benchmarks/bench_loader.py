@@ -24,14 +24,16 @@ AESLC's train split, both written by prepare.py.
    Target: <= 5% on inputs.
 4. Collation: ms per batch of Seq2SeqCollator vs transformers.DataCollatorForSeq2Seq.
 
-Measured on 2 shared, busy cores (14,925 Reuters docs = 3.2M tokens, 8192-token budget):
-PSS added per extra worker 17 MiB (memmap store) vs 215 MiB (lists) and 153 MiB (int64 table);
-a store worker's USS stays 13-17 MiB from 1 to 4 workers. Input padding 0.7% bucketed vs 66%
-random (Mixed & Stochastic; 33% when bucketing on the fixed estimate, with 228 of 253 batches
-over budget); AESLC 0.4% vs 62%. Throughput is at 0.7-0.9x the lists baseline: np.memmap's
-Python-level ``__getitem__`` costs ~30% of an example; viewing the store's arrays as plain
-ndarrays (``.view(np.ndarray)``, still memory-mapped) closes the gap (265 -> 183 us/example,
-lists 170). Collation: 0.4 ms vs 14 ms per batch of 32.
+Measured on the 2-core dev machine, quiet (``--docs 14925``: all Reuters, 3.2M tokens,
+8192-token budget): PSS added per extra worker 11.5 MiB (memmap store) vs 213.6 MiB (lists,
+18.6x) and 79.4 MiB (datasets int64 table, 6.9x); a store worker's USS stays 12-15 MiB from 1
+to 4 workers. Input padding 0.7% bucketed vs 66% random (Mixed & Stochastic; 33% when
+bucketing on the fixed estimate, with 228 of 253 batches over budget); AESLC 0.4% vs 62%.
+Throughput 9,546 vs 7,359 samples/s for the lists at 0 workers (1.30x; the store's arrays are
+viewed as plain ndarrays, still memory-mapped, because np.memmap's Python-level
+``__getitem__`` cost ~30% of an example), 6,709 vs 7,120 at 2 workers (0.94x). Collation:
+0.26 ms vs 5.9 ms per batch of 32 (22x). With the default ``--docs 4000`` the same run gave
+10.5 vs 47.0 vs 33.3 MiB per worker and 0.96x / 1.03x throughput.
 
 Run: ``.venv/bin/python benchmarks/bench_loader.py`` (2-3 minutes on 2 busy cores; the first run
 also trains a tokenizer and prepares the stores, cached in --work-dir).

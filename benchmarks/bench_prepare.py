@@ -17,13 +17,13 @@ saved plain dataset / its tokens. The tokenizer is trained here (16,000 ids: a 1
 the first 5,000 documents unless --tokenizer is given. Medians over --repeats runs, interleaved
 so that load from other processes on the machine hits every variant alike.
 
-Measured 2026-11-26 on the shared 2-core dev machine (load average 5-7 from other jobs), all of
-reuters21578_en (14,925 docs, 3.0M tokens), medians of 3: plain 70 docs/s (16.7k tokens/s,
-6.5 CPU ms/doc); ours 1 process 503 docs/s (101k tokens/s, 1.1 CPU ms/doc, x7.2 per doc);
-ours 2 processes 421 docs/s (1.26 CPU ms/doc). Two processes did not help there: the session's
-CPU share was already used up (a 1-process run got ~0.5 core), and IPC plus a tokenizer per
-worker cost ~15% more CPU per doc. Bytes per token: ours 2.31 (ids 2.00, sentence offsets and
-the stored ranking 0.31), plain 8.79 (x3.8).
+Measured 2026-11-26 on the 2-core dev machine, quiet, all of reuters21578_en (14,925 docs,
+3.0M tokens), medians of 3 (`--repeats 3 --plain-docs 300`): plain 185 docs/s (5.4 CPU ms/doc);
+ours 1 process 1,713 docs/s (0.88 CPU ms/doc, x9.3 per doc); ours 2 processes 2,019 docs/s
+(x10.9; x1.18 over 1 process: IPC and a tokenizer per worker cost ~10% more CPU per doc, and the
+final assembly and checksum are serial). Bytes per token: ours 2.31 (ids 2.00; sentence ends
+0.07, ranking order 0.04, ranking scores (float32) 0.14, per-record arrays 0.06), plain 8.79
+(x3.8). Earlier, with the machine at load 5-7: plain 70, ours 503 / 421 docs/s (x7.2).
 """
 
 from __future__ import annotations
