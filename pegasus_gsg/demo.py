@@ -327,18 +327,18 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     pretrain_minutes = opts.minutes * PRETRAIN_SHARE
     finetune_minutes = opts.minutes * FINETUNE_SHARE
 
-    split_pairs: dict[str, object] = {}
+    # The pair files come first: the tokenizer trains on the training pairs as well.
+    train_pairs, val_pairs, _, dropped = _dedup_pairs(pairs, opts, out)
 
     def tokenizer() -> str:
         from pegasus_gsg.tokenizer import train_tokenizer
 
         # The fine-tuning training pairs join the corpus, so that email bodies and subjects
-        # are not spelt out in byte pieces (held-out pairs stay unseen).
-        train, val, _, dropped = _dedup_pairs(pairs, opts, out)
-        split_pairs.update(train=train, validation=val, dropped=dropped)
+        # are not split into many short pieces (held-out pairs stay unseen).
         texts = list(_iter_texts(corpus, opts.corpus_docs))
         pair_texts = [
-            f"{r['document']}\n{r['summary']}" for _, r in read_jsonl(train, required=("document",))
+            f"{r['document']}\n{r['summary']}"
+            for _, r in read_jsonl(train_pairs, required=("document",))
         ]
         tok = train_tokenizer(texts + pair_texts, opts.vocab_size, tok_dir)
         return f"{len(tok)} ids from {len(texts)} documents + {len(pair_texts)} training pairs"
@@ -362,9 +362,9 @@ def run_demo(opts: DemoOptions) -> DemoResult:
                 progress=True,
             ),
         )
-        for split in ("train", "validation"):
+        for split, path in (("train", train_pairs), ("validation", val_pairs)):
             prepare(
-                [str(split_pairs[split])],
+                [str(path)],
                 tok_dir,
                 out / f"finetune_{split}",
                 PrepareConfig(kind="finetune", overwrite=True, progress=True),
@@ -373,7 +373,7 @@ def run_demo(opts: DemoOptions) -> DemoResult:
         store = TokenStore.open(pre_store)
         return (
             f"{len(store)} docs, {m.get('num_tokens', 0):,} tokens "
-            f"({store.dtype.name}); {opts.pairs}: {split_pairs['dropped']}"
+            f"({store.dtype.name}); {opts.pairs}: {dropped}"
         )
 
     def pretrain() -> str:

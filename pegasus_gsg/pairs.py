@@ -52,17 +52,16 @@ def dedup_pairs(
 
     A record without a `split` field belongs to `default_split`.
     """
-    rows = [dict(r) for r in records]
+    named = [(split_of(r, default_split), dict(r)) for r in records]
     result = DedupedPairs({name: [] for name in splits})
-    for row in rows:
-        name = split_of(row, default_split)
+    for name, _ in named:
         if name not in result.splits:
             result.other_split[name] = result.other_split.get(name, 0) + 1
     seen: set[str] = set()
     for name in splits:
         kept = result.splits[name]
-        for row in rows:
-            if split_of(row, default_split) != name:
+        for row_split, row in named:
+            if row_split != name:
                 continue
             body = str(row["document"]).strip()
             if not body or not str(row["summary"]).strip():
