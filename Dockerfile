@@ -37,10 +37,10 @@ COPY pyproject.toml README.md ./
 COPY pegasus_gsg ./pegasus_gsg
 COPY server ./server
 COPY proto ./proto
-# Editable install, as setup and CI do: server/protos.py finds proto/summarizer.proto next to
+# Editable install, as setup and CI do: pegasus_gsg/protos.py finds proto/summarizer.proto next to
 # the server package and compiles it at import time (grpcio-tools is a runtime dependency).
 RUN pip install -e . \
-    && python -c "from server.protos import pb2; print(pb2.DESCRIPTOR.package)"
+    && python -c "from pegasus_gsg.protos import pb2; print(pb2.DESCRIPTOR.package)"
 
 USER pegasus
 VOLUME ["/model"]

@@ -45,7 +45,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from server.protos import pb2, pb2_grpc  # noqa: E402
+from pegasus_gsg.protos import pb2, pb2_grpc  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

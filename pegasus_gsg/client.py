@@ -22,7 +22,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.protos import SERVICE_NAME, pb2, pb2_grpc
+from pegasus_gsg.auth import AUTH_METADATA_KEY, bearer, read_token
+from pegasus_gsg.protos import SERVICE_NAME, pb2, pb2_grpc
 
 MAX_ATTEMPTS_LIMIT = 5
 """gRPC caps retry attempts at 5 (silently); we refuse more instead."""
@@ -81,7 +82,7 @@ class SummarizerClient:
             self.channel = grpc.secure_channel(target, credentials, options=options)
         else:
             self.channel = grpc.insecure_channel(target, options=options)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = ((AUTH_METADATA_KEY, bearer(token)),) if token else ()
         self.stub = pb2_grpc.SummarizerStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
@@ -90,8 +91,6 @@ class SummarizerClient:
         cls, target: str, *, token_file: Path | None = None, tls_ca: Path | None = None, **kwargs
     ) -> SummarizerClient:
         """Like the constructor, reading the token and CA certificate from files."""
-        from server.auth import read_token
-
         token = read_token(token_file) if token_file is not None else None
         if tls_ca is not None and not Path(tls_ca).is_file():
             raise FileNotFoundError(f"TLS CA file {tls_ca} does not exist")

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from server.auth import read_token
+    from pegasus_gsg.auth import read_token
 
     token = os.environ.get("PEGASUS_GSG_AUTH_TOKEN") or None
     if args.auth_token_file is not None:

@@ -23,9 +23,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pegasus_gsg.protos import SERVICE_NAME, pb2_grpc
 from server.auth import BearerTokenInterceptor
 from server.metrics import ServerMetrics
-from server.protos import SERVICE_NAME, pb2_grpc
 from server.service import SummarizerService
 
 logger = logging.getLogger(__name__)

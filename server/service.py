@@ -23,6 +23,7 @@ from dataclasses import fields
 
 import grpc
 
+from pegasus_gsg.protos import pb2, pb2_grpc
 from server.model import (
     Batcher,
     DroppedError,
@@ -33,7 +34,6 @@ from server.model import (
     SummarizerModel,
     SummaryResult,
 )
-from server.protos import pb2, pb2_grpc
 
 logger = logging.getLogger(__name__)
 

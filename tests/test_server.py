@@ -21,9 +21,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from pegasus_gsg import cli
 from pegasus_gsg.client import SummarizerClient
+from pegasus_gsg.protos import SERVICE_NAME, pb2, pb2_grpc
 from server.app import ListenConfig, SummarizerServer
 from server.model import Job, ServingConfig, SummarizerModel
-from server.protos import SERVICE_NAME, pb2, pb2_grpc
 from tests._server_helpers import (
     LIMITS,
     MAX_INPUT_TOKENS,

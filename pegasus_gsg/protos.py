@@ -1,4 +1,4 @@
-"""Python stubs for proto/summarizer.proto, compiled at import time.
+"""Python stubs for proto/summarizer.proto, compiled at import time (shared by server and client).
 
 `grpc.protos_and_services` runs protoc (grpcio-tools, a runtime dependency) in memory the first
 time this module is imported, so no generated `_pb2.py` file lives in the repository to be edited
@@ -6,8 +6,9 @@ by hand or to fall out of date. protoc looks for the .proto on sys.path; the pro
 put there only for the duration of the import.
 
 The .proto is found, in order, at `$PEGASUS_GSG_PROTO_DIR/summarizer.proto` or at
-`<repo>/proto/summarizer.proto`, next to this package: the layout of a source checkout, of an
-editable install (`pip install -e .`, what setup and CI do) and of the Docker image.
+`<repo>/proto/summarizer.proto`, next to this package (pegasus_gsg/): the layout of a source
+checkout, of an editable install (`pip install -e .`, what setup and CI do) and of the Docker
+image.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -37,7 +39,7 @@ def proto_dir() -> Path:
     )
 
 
-def _load():
+def _load() -> tuple[Any, Any]:
     directory = str(proto_dir())
     sys.path.insert(0, directory)
     try:
