@@ -19,10 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from pegasus_gsg.vocab import PAD_ID
-
-IGNORE_INDEX = -100
-"""Label value ignored by ``torch.nn.CrossEntropyLoss`` (its default ``ignore_index``)."""
+from pegasus_gsg.vocab import IGNORE_INDEX, PAD_ID
 
 
 class Seq2SeqCollator:

@@ -20,6 +20,7 @@ saves its resolved config as `config.yaml` next to its outputs, and `fingerprint
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -27,9 +28,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
+
+from pegasus_gsg.masking import ExampleOptions
+
+ModelPreset = Literal["tiny", "base", "large"]
+"""The named model shapes: the keys of MODEL_PRESETS (a test keeps the two equal)."""
 
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # CPU-sized: trains in seconds, used by tests, the demo and the benchmark.
@@ -68,11 +74,34 @@ def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
         raise ValueError(f"config: {name}={value!r} is out of range; expected {allowed}")
 
 
+@functools.cache
+def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
+    """The allowed values of each `Literal`-typed field of `cls` (None included if optional),
+    read from the annotation itself so that no hand-written list can drift from it."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for name, annotation in typing.get_type_hints(cls).items():
+        args = typing.get_args(annotation)
+        if typing.get_origin(annotation) is Literal:
+            out[name] = args
+        elif any(typing.get_origin(a) is Literal for a in args):
+            out[name] = tuple(
+                v for a in args for v in (typing.get_args(a) if a is not type(None) else (None,))
+            )
+    return out
+
+
+def _check_choices(obj: Any, section: str) -> None:
+    """Every `Literal` field of the config dataclass `obj` holds one of its declared values."""
+    for name, allowed in _choices(type(obj)).items():
+        value = getattr(obj, name)
+        _check(value in allowed, f"{section}{name}", value, f"one of {allowed}")
+
+
 @dataclass
 class ModelConfig:
     """Shape of a new `PegasusForConditionalGeneration`, or where to load one from."""
 
-    preset: Literal["tiny", "base", "large"] | None = None
+    preset: ModelPreset | None = None
     """Fills the shape fields with a known size (explicit fields still win)."""
     init_from: str | None = None
     """A local HF PEGASUS directory to start from; the shape fields are then ignored."""
@@ -87,12 +116,7 @@ class ModelConfig:
     attention_dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        _check(
-            self.preset in (None, *MODEL_PRESETS),
-            "model.preset",
-            self.preset,
-            f"one of {sorted(MODEL_PRESETS)}",
-        )
+        _check_choices(self, "model.")
         for name in (
             "d_model",
             "encoder_layers",
@@ -136,7 +160,7 @@ class OptimConfig:
     """Micro-batches per optimizer step; the loss is normalised over the whole window."""
 
     def __post_init__(self) -> None:
-        _check(self.name in ("adamw", "adafactor"), "optim.name", self.name, "adamw or adafactor")
+        _check_choices(self, "optim.")
         _check(0.0 < self.lr < 1.0, "optim.lr", self.lr, "a float in (0, 1)")
         _check(self.weight_decay >= 0.0, "optim.weight_decay", self.weight_decay, ">= 0")
         _check(0.0 <= self.beta1 < 1.0, "optim.beta1", self.beta1, "[0, 1)")
@@ -168,12 +192,7 @@ class ScheduleConfig:
     follows max_steps/epochs. For time-boxed runs such as the demo."""
 
     def __post_init__(self) -> None:
-        _check(
-            self.decay in ("linear", "cosine", "inverse_sqrt", "constant"),
-            "schedule.decay",
-            self.decay,
-            "linear, cosine, inverse_sqrt or constant",
-        )
+        _check_choices(self, "schedule.")
         _check(self.warmup_steps >= 0, "schedule.warmup_steps", self.warmup_steps, ">= 0")
         _check(
             (self.max_steps is None) != (self.epochs is None),
@@ -190,8 +209,15 @@ class ScheduleConfig:
 
 
 @dataclass
-class DataConfig:
-    """Where the prepared stores are and how examples and batches are built from them."""
+class DataConfig(ExampleOptions):
+    """Where the prepared stores are and how examples and batches are built from them.
+
+    The example fields (gsr, mixed_gsr, score_noise, mask_prob, mlm_prob, max_input_len,
+    max_target_len) and their ranges are masking.ExampleOptions', inherited: one home, so a
+    pretraining dataset takes this config as its options.
+    """
+
+    _error_prefix: ClassVar[str] = "config: data."
 
     train: str | None = None
     """A store written by `pegasus-gsg prepare` (pretrain or finetune kind)."""
@@ -199,24 +225,15 @@ class DataConfig:
     """Optional store of the same kind for validation loss (and ROUGE for fine-tuning)."""
     tokenizer: str | None = None
     """Tokenizer dir; defaults to model.init_from when that holds a tokenizer."""
-    max_input_len: int = 512
-    max_target_len: int = 256
     max_tokens: int = 4096
     """Padded input tokens per micro-batch per process (the bucketing sampler's budget)."""
     max_batch_size: int | None = None
     max_samples: int | None = None
     """Train on the first N records only: profile the whole pipeline in a minute."""
     num_workers: int = 0
-    gsr: float = 0.3
-    mixed_gsr: tuple[float, float] | None = None
-    score_noise: float = 0.0
-    mask_prob: float = 1.0
-    mlm_prob: float = 0.0
-    """> 0 adds the encoder MLM head and loss (PEGASUS-BASE setting)."""
 
     def __post_init__(self) -> None:
-        _check(self.max_input_len >= 2, "data.max_input_len", self.max_input_len, "an int >= 2")
-        _check(self.max_target_len >= 2, "data.max_target_len", self.max_target_len, "an int >= 2")
+        super().__post_init__()
         _check(
             self.max_tokens >= self.max_input_len,
             "data.max_tokens",
@@ -228,19 +245,6 @@ class DataConfig:
         if self.max_samples is not None:
             _check(self.max_samples >= 1, "data.max_samples", self.max_samples, ">= 1")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
-        _check(0.0 < self.gsr < 1.0, "data.gsr", self.gsr, "a float in (0, 1)")
-        if self.mixed_gsr is not None:
-            self.mixed_gsr = tuple(float(x) for x in self.mixed_gsr)  # type: ignore[assignment]
-            lo, hi = self.mixed_gsr
-            _check(
-                0.0 < lo <= hi < 1.0,
-                "data.mixed_gsr",
-                self.mixed_gsr,
-                "[low, high] with 0 < low <= high < 1",
-            )
-        _check(0.0 <= self.score_noise < 1.0, "data.score_noise", self.score_noise, "[0, 1)")
-        _check(0.0 <= self.mask_prob <= 1.0, "data.mask_prob", self.mask_prob, "[0, 1]")
-        _check(0.0 <= self.mlm_prob < 1.0, "data.mlm_prob", self.mlm_prob, "[0, 1)")
 
 
 @dataclass
@@ -278,12 +282,7 @@ class CheckpointConfig:
         _check(self.save_every >= 0, "checkpoint.save_every", self.save_every, ">= 0")
         _check(self.keep >= 1, "checkpoint.keep", self.keep, "an int >= 1")
         _check(self.log_every >= 1, "checkpoint.log_every", self.log_every, "an int >= 1")
-        _check(
-            self.log_with in ("tensorboard", "none"),
-            "checkpoint.log_with",
-            self.log_with,
-            "tensorboard or none",
-        )
+        _check_choices(self, "checkpoint.")
 
 
 # Fields that change what is written or where, never the training trajectory: a resume may
@@ -325,12 +324,7 @@ class TrainConfig:
                 "config: precision='fp16' is refused: PEGASUS activations overflow float16 and "
                 "the loss turns NaN; use precision=bf16 (GPU) or fp32"
             )
-        _check(
-            self.precision in ("auto", "bf16", "fp32"),
-            "precision",
-            self.precision,
-            "auto, bf16 or fp32",
-        )
+        _check_choices(self, "")
         longest = max(self.data.max_input_len, self.data.max_target_len)
         if self.model.init_from is None:
             _check(

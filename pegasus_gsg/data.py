@@ -43,7 +43,6 @@ frozen in each worker's copy of the dataset).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +51,14 @@ import torch
 import torch.utils.data
 
 from pegasus_gsg.collate import Seq2SeqCollator
-from pegasus_gsg.gsg import Ranking, example_rng, select_from_ranking, stochastic_select
-from pegasus_gsg.masking import build_pretraining_example
+from pegasus_gsg.gsg import (
+    Ranking,
+    example_rng,
+    gap_sentence_counts,
+    select_from_ranking,
+    stochastic_select,
+)
+from pegasus_gsg.masking import ExampleOptions, build_pretraining_example
 from pegasus_gsg.sampler import TokenBudgetBatchSampler
 from pegasus_gsg.store import TokenStore
 from pegasus_gsg.vocab import EOS_ID
@@ -65,58 +70,6 @@ __all__ = [
     "Seq2SeqCollator",
     "TokenBudgetBatchSampler",
 ]
-
-
-@dataclass
-class ExampleOptions:
-    """How a stored pretraining record becomes an example (shared/GSG.md §3-4)."""
-
-    gsr: float = 0.3
-    """Gap sentence ratio in (0, 1]; used when ``mixed_gsr`` is None (paper's best: 0.3)."""
-    mixed_gsr: tuple[float, float] | None = None
-    """(low, high): draw gsr uniformly per example and epoch (Mixed & Stochastic: 0.15-0.45)."""
-    score_noise: float = 0.0
-    """Scores become s·(1+u), u ~ U(−noise, noise), before the top-m cut; 0 <= noise < 1."""
-    mask_prob: float = 1.0
-    """Probability that a gap sentence becomes ``<mask_1>`` (else left in place); in [0, 1]."""
-    mlm_prob: float = 0.0
-    """Fraction of non-gap tokens picked for MLM (PEGASUS-BASE: 0.15); in [0, 1)."""
-    max_input_len: int = 512
-    """Encoder tokens including ``</s>``; >= 2."""
-    max_target_len: int = 256
-    """Decoder target tokens including ``</s>``; >= 2."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.gsr <= 1.0:  # also rejects NaN
-            raise ValueError(f"gsr must be in (0, 1], got {self.gsr}")
-        if self.mixed_gsr is not None:
-            if len(self.mixed_gsr) != 2:
-                raise ValueError(f"mixed_gsr must be a (low, high) pair, got {self.mixed_gsr!r}")
-            low, high = self.mixed_gsr
-            if not 0.0 < low <= high <= 1.0:
-                raise ValueError(
-                    f"mixed_gsr must satisfy 0 < low <= high <= 1, got ({low}, {high})"
-                )
-            self.mixed_gsr = (float(low), float(high))
-        if not 0.0 <= self.score_noise < 1.0:
-            raise ValueError(f"score_noise must be in [0, 1), got {self.score_noise}")
-        if not 0.0 <= self.mask_prob <= 1.0:
-            raise ValueError(f"mask_prob must be in [0, 1], got {self.mask_prob}")
-        if not 0.0 <= self.mlm_prob < 1.0:
-            raise ValueError(f"mlm_prob must be in [0, 1), got {self.mlm_prob}")
-        if self.max_input_len < 2:
-            raise ValueError(f"max_input_len must be >= 2, got {self.max_input_len}")
-        if self.max_target_len < 2:
-            raise ValueError(f"max_target_len must be >= 2, got {self.max_target_len}")
-
-    @property
-    def stochastic(self) -> bool:
-        """True when the gap sentences themselves change from epoch to epoch."""
-        return self.mixed_gsr is not None or self.score_noise > 0.0
-
-    def mean_gsr(self) -> float:
-        """The gsr an average example uses (for length estimates)."""
-        return sum(self.mixed_gsr) / 2 if self.mixed_gsr else self.gsr
 
 
 class _StoreDataset(torch.utils.data.Dataset):
@@ -260,8 +213,7 @@ class PretrainingDataset(_StoreDataset):
         source = store.lengths().astype(np.int64)
         gap_tokens = store.target_lengths(gsr).astype(np.int64)  # vectorised over the store
         sentences = np.array([store.num_sentences(i) for i in range(len(store))], dtype=np.int64)
-        # num_gap_sentences, vectorised: m = min(int(max(n * gsr, 1)), n).
-        gaps = np.minimum(np.maximum(sentences * gsr, 1.0).astype(np.int64), sentences)
+        gaps = gap_sentence_counts(sentences, gsr)
         estimate = np.rint(source - o.mask_prob * (gap_tokens - gaps)).astype(np.int64) + 1
         return np.clip(estimate, 1, o.max_input_len)
 

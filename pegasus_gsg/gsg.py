@@ -48,6 +48,7 @@ from pegasus_gsg.scoring import (
     encode_pairs,
     ids_from_tokens,
 )
+from pegasus_gsg.sentences import split_sentences
 
 STRATEGIES: tuple[str, ...] = ("random", "lead", "ind_orig", "ind_uniq", "seq_orig", "seq_uniq")
 SCORED_STRATEGIES: tuple[str, ...] = ("ind_orig", "ind_uniq", "seq_orig", "seq_uniq")
@@ -98,12 +99,32 @@ def check_gsr(gsr: float, name: str = "gsr") -> float:
     return gsr
 
 
-def num_gap_sentences(n: int, gsr: float) -> int:
-    """m = min(int(max(n·gsr, 1.0)), n): at least one gap sentence, none for an empty document."""
-    if n < 0:
-        raise ValueError(f"number of sentences must be >= 0, got {n}")
+def check_gsr_range(gsr_range: Sequence[float], name: str = "gsr_range") -> tuple[float, float]:
+    """`gsr_range` as a (low, high) float pair, or ValueError unless 0 < low <= high <= 1."""
+    if len(gsr_range) != 2:
+        raise ValueError(f"{name} must be a (low, high) pair, got {gsr_range!r}")
+    low, high = float(gsr_range[0]), float(gsr_range[1])
+    if not 0.0 < low <= high <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got ({low}, {high})")
+    return low, high
+
+
+def gap_sentence_counts(num_sentences: np.ndarray, gsr: float) -> np.ndarray:
+    """m = min(int(max(n·gsr, 1.0)), n) for every n in an array (GSG.md §3): the one home of the
+    gap-count formula; at least one gap sentence, none for an empty document.
+
+    Vectorised for per-store length estimates; `num_gap_sentences` is the one-document form.
+    """
+    n = np.asarray(num_sentences, dtype=np.int64)
+    if n.size and int(n.min()) < 0:
+        raise ValueError(f"numbers of sentences must be >= 0, got {int(n.min())}")
     check_gsr(gsr)
-    return min(int(max(n * gsr, 1.0)), n)
+    return np.minimum(np.maximum(n * gsr, 1.0).astype(np.int64), n)
+
+
+def num_gap_sentences(n: int, gsr: float) -> int:
+    """`gap_sentence_counts` for one document of `n` sentences."""
+    return int(gap_sentence_counts(np.array([n]), gsr)[0])
 
 
 def rank_sentences(
@@ -334,9 +355,7 @@ def stochastic_select(
     noisy value are taken (ties: later first). With noise 0 this is select_from_ranking at the
     drawn gsr. Draws: first gsr, then one u per sentence, from `rng` (use `example_rng`).
     """
-    low, high = gsr_range
-    if not 0.0 < low <= high <= 1.0:
-        raise ValueError(f"gsr_range must satisfy 0 < low <= high <= 1, got {gsr_range}")
+    low, high = check_gsr_range(gsr_range)
     if not 0.0 <= noise < 1.0:
         raise ValueError(f"noise must be in [0, 1), got {noise}")
     n = len(ranking.order)
@@ -359,3 +378,48 @@ def example_rng(seed: int, index: int, epoch: int) -> np.random.Generator:
         if int(value) != value or value < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(index, epoch)))
+
+
+@dataclass(frozen=True)
+class SelectionOptions:
+    """How `select_text` picks the gap sentences of one raw document (`select`, `inspect`)."""
+
+    strategy: str = "ind_orig"
+    """One of STRATEGIES (default: the paper's best)."""
+    gsr: float = 0.3
+    """Gap-sentence ratio in (0, 1] when `gsr_range` is None."""
+    stopwords: bool = True
+    """False keeps the 127 English stopwords in the scores."""
+    seed: int = 0
+    epoch: int = 0
+    """With `seed` and the record index, the per-example RNG (`example_rng`)."""
+    gsr_range: tuple[float, float] | None = None
+    """Set: mixed & stochastic selection, gsr drawn from [low, high] and scores jittered."""
+    noise: float = 0.2
+    """With `gsr_range`: scores become s·(1 + u), u ~ U(−noise, noise); in [0, 1)."""
+
+    def __post_init__(self) -> None:
+        check_strategy(self.strategy)
+        check_gsr(self.gsr)
+        if self.gsr_range is not None:
+            object.__setattr__(self, "gsr_range", check_gsr_range(self.gsr_range))
+        if not 0.0 <= self.noise < 1.0:
+            raise ValueError(f"noise must be in [0, 1), got {self.noise}")
+        for name in ("seed", "epoch"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+def select_text(
+    text: str, index: int, options: SelectionOptions
+) -> tuple[list[str], Ranking, list[int]]:
+    """Sentences, ranking and ascending gap-sentence indices of record `index` (0-based) of a
+    corpus: split, rank, then the top m (or the mixed & stochastic draw)."""
+    sentences = split_sentences(text)
+    rng = example_rng(options.seed, index, options.epoch)
+    ranking = rank_sentences(sentences, options.strategy, stopwords=options.stopwords, rng=rng)
+    if options.gsr_range is not None:
+        selected = stochastic_select(ranking, rng, gsr_range=options.gsr_range, noise=options.noise)
+    else:
+        selected = select_from_ranking(ranking, options.gsr)
+    return sentences, ranking, selected

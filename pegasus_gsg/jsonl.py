@@ -96,3 +96,20 @@ def iter_jsonl(
 def _preview(line: str, width: int = 40) -> str:
     text = line.strip()
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def iter_texts(source: str | Path, text_field: str) -> Iterator[tuple[int, int, str]]:
+    """(record index, line number, text) of each line of `source` (a path, or "-" for stdin).
+
+    Raises:
+        ValueError: `FILE:LINE: ...` as `read_jsonl` does, or when `text_field` is not a string.
+    """
+    name = display_name(source)
+    for index, (line_no, record) in enumerate(read_jsonl(source, required=[text_field])):
+        text = record[text_field]
+        if not isinstance(text, str):
+            raise ValueError(
+                f"{name}:{line_no}: field {text_field!r} must be a string, "
+                f"got {type(text).__name__ if text is not None else 'null'}"
+            )
+        yield index, line_no, text

@@ -25,17 +25,68 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from pegasus_gsg.vocab import EOS_ID, FIRST_PIECE_ID, MASK1_ID, MASK2_ID
-
-IGNORE_INDEX = -100
-"""Label value that the losses skip (PyTorch's cross-entropy default)."""
+from pegasus_gsg.gsg import check_gsr, check_gsr_range
+from pegasus_gsg.vocab import EOS_ID, FIRST_PIECE_ID, IGNORE_INDEX, MASK1_ID, MASK2_ID
 
 _MASK1 = np.array([MASK1_ID], dtype=np.int64)
 _EOS = np.array([EOS_ID], dtype=np.int64)
 _EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class ExampleOptions:
+    """How a stored pretraining record becomes an example (shared/GSG.md §3-4).
+
+    The one home of these fields and their ranges: `config.DataConfig` extends this class, so a
+    training config's `data.gsr`, `data.mask_prob`, ... are these very fields, checked here.
+    """
+
+    _error_prefix: ClassVar[str] = ""
+    """Prepended to error messages (DataConfig: "config: data.")."""
+
+    gsr: float = 0.3
+    """Gap sentence ratio in (0, 1]; used when ``mixed_gsr`` is None (paper's best: 0.3)."""
+    mixed_gsr: tuple[float, float] | None = None
+    """(low, high): draw gsr uniformly per example and epoch (Mixed & Stochastic: 0.15-0.45)."""
+    score_noise: float = 0.0
+    """Scores become s·(1+u), u ~ U(−noise, noise), before the top-m cut; 0 <= noise < 1."""
+    mask_prob: float = 1.0
+    """Probability that a gap sentence becomes ``<mask_1>`` (else left in place); in [0, 1]."""
+    mlm_prob: float = 0.0
+    """Fraction of non-gap tokens picked for MLM (PEGASUS-BASE: 0.15); in [0, 1). In training,
+    > 0 also adds the encoder MLM head and loss."""
+    max_input_len: int = 512
+    """Encoder tokens including ``</s>``; >= 2."""
+    max_target_len: int = 256
+    """Decoder target tokens including ``</s>``; >= 2."""
+
+    def __post_init__(self) -> None:
+        prefix = self._error_prefix
+        check_gsr(self.gsr, f"{prefix}gsr")
+        if self.mixed_gsr is not None:
+            self.mixed_gsr = check_gsr_range(self.mixed_gsr, f"{prefix}mixed_gsr")
+        for name, value, ok, allowed in (
+            ("score_noise", self.score_noise, 0.0 <= self.score_noise < 1.0, "in [0, 1)"),
+            ("mask_prob", self.mask_prob, 0.0 <= self.mask_prob <= 1.0, "in [0, 1]"),
+            ("mlm_prob", self.mlm_prob, 0.0 <= self.mlm_prob < 1.0, "in [0, 1)"),
+            ("max_input_len", self.max_input_len, self.max_input_len >= 2, ">= 2"),
+            ("max_target_len", self.max_target_len, self.max_target_len >= 2, ">= 2"),
+        ):
+            if not ok:
+                raise ValueError(f"{prefix}{name} must be {allowed}, got {value}")
+
+    @property
+    def stochastic(self) -> bool:
+        """True when the gap sentences themselves change from epoch to epoch."""
+        return self.mixed_gsr is not None or self.score_noise > 0.0
+
+    def mean_gsr(self) -> float:
+        """The gsr an average example uses (for length estimates)."""
+        return sum(self.mixed_gsr) / 2 if self.mixed_gsr else self.gsr
 
 
 @dataclass

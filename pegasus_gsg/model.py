@@ -29,11 +29,9 @@ from transformers import GenerationConfig, PegasusConfig, PegasusForConditionalG
 from transformers.models.pegasus.modeling_pegasus import shift_tokens_right
 
 from pegasus_gsg.config import EvalConfig, ModelConfig
-from pegasus_gsg.vocab import EOS_ID, PAD_ID
+from pegasus_gsg.vocab import EOS_ID, IGNORE_INDEX, PAD_ID
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 def build_model(cfg: ModelConfig, vocab_size: int) -> PegasusForConditionalGeneration:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from pegasus_gsg.data import ExampleOptions, PretrainingDataset
+from pegasus_gsg.data import PretrainingDataset
 from pegasus_gsg.entry import load_run_tokenizer, open_store, parse_run_args, run_cli
 from pegasus_gsg.model import Seq2SeqLossModel, build_model, check_vocab
 from pegasus_gsg.train import TrainResult, train
@@ -23,26 +23,17 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     run = parse_run_args(argv, "pegasus_gsg.pretrain", "GSG pretraining of a PEGASUS model.")
     cfg = run.config
     tokenizer = load_run_tokenizer(cfg)
-    d = cfg.data
-    options = ExampleOptions(
-        gsr=d.gsr,
-        mixed_gsr=d.mixed_gsr,
-        score_noise=d.score_noise,
-        mask_prob=d.mask_prob,
-        mlm_prob=d.mlm_prob,
-        max_input_len=d.max_input_len,
-        max_target_len=d.max_target_len,
-    )
+    d = cfg.data  # a DataConfig is the ExampleOptions of the run
     train_set = PretrainingDataset(
         open_store(d.train, tokenizer, "data.train", "pretrain"),
-        options,
+        d,
         vocab_size=len(tokenizer),
         seed=cfg.seed,
     )
     val_set = None
     if d.validation is not None:
         val_store = open_store(d.validation, tokenizer, "data.validation", "pretrain")
-        val_set = PretrainingDataset(val_store, options, vocab_size=len(tokenizer), seed=cfg.seed)
+        val_set = PretrainingDataset(val_store, d, vocab_size=len(tokenizer), seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(tokenizer))
     check_vocab(model, len(tokenizer), d.tokenizer or cfg.model.init_from)

@@ -60,12 +60,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 from transformers.optimization import Adafactor
 
-from pegasus_gsg.collate import IGNORE_INDEX, Seq2SeqCollator
+from pegasus_gsg.collate import Seq2SeqCollator
 from pegasus_gsg.config import OptimConfig, TrainConfig, describe_difference
 from pegasus_gsg.evaluate import generate, rouge_report
 from pegasus_gsg.model import Seq2SeqLossModel, export, generation_config
 from pegasus_gsg.sampler import TokenBudgetBatchSampler
-from pegasus_gsg.vocab import PAD_ID
+from pegasus_gsg.vocab import IGNORE_INDEX, PAD_ID
 
 logger = logging.getLogger(__name__)
 

@@ -18,6 +18,9 @@ UNK_ID = 105
 """`<unk>`."""
 FIRST_PIECE_ID = 106
 """Ordinary pieces start here; every id below is special."""
+IGNORE_INDEX = -100
+"""Label value that the losses skip (PyTorch's cross-entropy default): padding in `labels`,
+unpicked positions in `mlm_labels`."""
 
 PAD_TOKEN = "<pad>"
 EOS_TOKEN = "</s>"

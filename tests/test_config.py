@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
 import torch
 
-from pegasus_gsg.config import MODEL_PRESETS, TrainConfig, load_config, parse_overrides
+from pegasus_gsg.config import (
+    MODEL_PRESETS,
+    CheckpointConfig,
+    ModelConfig,
+    ModelPreset,
+    OptimConfig,
+    ScheduleConfig,
+    TrainConfig,
+    load_config,
+    parse_overrides,
+)
+from pegasus_gsg.masking import ExampleOptions
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -75,7 +87,7 @@ def test_epochs_override_replaces_the_files_max_steps():
     ("override", "message"),
     [
         ("precision=fp16", "precision='fp16' is refused: PEGASUS"),
-        ("data.gsr=1.5", "data.gsr=1.5 is out of range; expected a float in (0, 1)"),
+        ("data.gsr=1.5", "config: data.gsr must be in (0, 1], got 1.5"),
         ("optim.lr=0", "optim.lr=0.0 is out of range"),
         ("optim.grad_accum=0", "optim.grad_accum=0 is out of range; expected an int >= 1"),
         ("model.attention_heads=5", "model.attention_heads=5 is out of range; expected a divisor"),
@@ -130,3 +142,46 @@ def test_fingerprint_covers_the_trajectory_not_the_bookkeeping():
 
 def test_defaults_are_valid():
     assert TrainConfig().precision == "auto"
+
+
+def test_gsr_range_is_gsg_md_s_half_open_interval_in_config_and_data_alike():
+    # GSG.md §3: m = min(int(max(n*gsr, 1)), n) is defined for every gsr up to 1 (gsr = 1 makes
+    # every sentence a gap), so (0, 1] is the range; config.py once said (0, 1) and data.py
+    # (0, 1]. Both now take it from masking.ExampleOptions, which DataConfig extends.
+    cfg = load_config(CONFIGS / "tiny.yaml", ["data.gsr=1.0", "data.mixed_gsr=[0.5, 1.0]"])
+    assert (cfg.data.gsr, cfg.data.mixed_gsr) == (1.0, (0.5, 1.0))
+    assert isinstance(cfg.data, ExampleOptions)
+    for override, message in (
+        ("data.gsr=0", "config: data.gsr must be in (0, 1], got 0.0"),
+        ("data.gsr=1.01", "config: data.gsr must be in (0, 1], got 1.01"),
+        ("data.mixed_gsr=[0.2, 1.5]", "config: data.mixed_gsr must satisfy 0 < low <= high <= 1"),
+        ("data.mask_prob=2", "config: data.mask_prob must be in [0, 1], got 2.0"),
+    ):
+        with pytest.raises(ValueError) as err:
+            load_config(CONFIGS / "tiny.yaml", [override])
+        assert message in str(err.value)
+    with pytest.raises(ValueError, match=r"^gsr must be in \(0, 1\], got 1.01$"):
+        ExampleOptions(gsr=1.01)
+
+
+def test_literal_fields_are_checked_against_their_own_annotation():
+    # The allowed values come from the Literal (typing.get_args), not from a second list.
+    assert set(typing.get_args(ModelPreset)) == set(MODEL_PRESETS)
+    for section, name, bad in (
+        (ModelConfig, "preset", "huge"),
+        (OptimConfig, "name", "sgd"),
+        (ScheduleConfig, "decay", "step"),
+        (CheckpointConfig, "log_with", "wandb"),
+    ):
+        allowed = [
+            v
+            for a in typing.get_args(typing.get_type_hints(section)[name])
+            for v in (typing.get_args(a) or (a,))
+        ]
+        for good in allowed:
+            if good is not type(None):
+                assert getattr(section(**{name: good}), name) == good
+        with pytest.raises(ValueError, match=f"{name}='{bad}' is out of range; expected one of"):
+            section(**{name: bad})
+    with pytest.raises(ValueError, match=r"precision='fp64' is out of range"):
+        TrainConfig(precision="fp64")  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from pegasus_gsg.gsg import (
     STRATEGIES,
     Ranking,
     example_rng,
+    gap_sentence_counts,
     importance,
     num_gap_sentences,
     rank_sentences,
@@ -247,6 +248,17 @@ def test_lead_and_random() -> None:
 )
 def test_number_of_gap_sentences(n: int, gsr: float, m: int) -> None:
     assert num_gap_sentences(n, gsr) == m
+    assert gap_sentence_counts(np.array([n, n]), gsr).tolist() == [m, m]
+
+
+def test_gap_sentence_counts_is_the_formula_of_gsg_md_for_every_length() -> None:
+    # m = min(int(max(n * gsr, 1.0)), n), written out here as GSG.md §3 states it.
+    lengths = np.arange(0, 200)
+    for gsr in (0.05, 0.15, 0.3, 1 / 3, 0.45, 0.7, 1.0):
+        expected = [min(int(max(n * gsr, 1.0)), n) for n in lengths.tolist()]
+        assert gap_sentence_counts(lengths, gsr).tolist() == expected
+    with pytest.raises(ValueError, match="must be >= 0, got -1"):
+        gap_sentence_counts(np.array([3, -1]), 0.3)
 
 
 @pytest.mark.parametrize("gsr", [0.0, -0.1, 1.5, float("nan")])

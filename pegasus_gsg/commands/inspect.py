@@ -19,14 +19,9 @@ import sys
 import textwrap
 from itertools import islice
 
-from pegasus_gsg.commands.select import (
-    DEFAULT_GSR,
-    add_selection_arguments,
-    check_selection_args,
-    iter_documents,
-    rank_and_select,
-)
-from pegasus_gsg.jsonl import STDIN, display_name
+from pegasus_gsg.commands._selection import add_selection_arguments, selection_options
+from pegasus_gsg.gsg import SelectionOptions, select_text
+from pegasus_gsg.jsonl import STDIN, display_name, iter_texts
 from pegasus_gsg.vocab import MASK1_TOKEN
 
 _GAP_STYLE = "\x1b[1;30;43m"  # bold, black on yellow
@@ -69,23 +64,31 @@ class _Style:
 
 
 def render_document(
-    text: str, index: int, where: str, args: argparse.Namespace, color: bool, width: int
+    text: str,
+    index: int,
+    where: str,
+    options: SelectionOptions,
+    *,
+    color: bool,
+    width: int,
+    example: bool,
 ) -> str:
     """The terminal view of one document (see the module docstring)."""
     style = _Style(color)
-    sentences, ranking, selected = rank_and_select(text, index, args)
+    sentences, ranking, selected = select_text(text, index, options)
     rank_of = {sentence: rank for rank, sentence in enumerate(ranking.order, start=1)}
     gaps = set(selected)
+    low_high = options.gsr_range
     how = (
-        f"stochastic, gsr drawn from {args.gsr_range[0]}-{args.gsr_range[1]}, noise {args.noise}"
-        if args.stochastic
-        else f"gsr {args.gsr or DEFAULT_GSR}"
+        f"stochastic, gsr drawn from {low_high[0]}-{low_high[1]}, noise {options.noise}"
+        if low_high is not None
+        else f"gsr {options.gsr}"
     )
-    stop = "stopwords removed" if args.stopwords else "stopwords kept"
+    stop = "stopwords removed" if options.stopwords else "stopwords kept"
     lines = [
         style(f"document {index} ({where})", _BOLD)
         + f": {len(sentences)} sentences, {len(selected)} gap sentences"
-        + style(f"  [{args.strategy}, {how}, {stop}]", _DIM)
+        + style(f"  [{options.strategy}, {how}, {stop}]", _DIM)
     ]
     if not sentences:
         lines.append("  (empty document: nothing to select)")
@@ -102,7 +105,7 @@ def render_document(
         for k, chunk in enumerate(wrapped):
             lead = prefix if k == 0 else " " * len(prefix)
             lines.append(lead + (style(chunk, _GAP_STYLE) if is_gap else chunk))
-    if args.example:
+    if example:
         masked = "".join(MASK1_TOKEN + " " if i in gaps else s for i, s in enumerate(sentences))
         target = " ".join(" ".join(sentences[i].split()) for i in selected)
         for label, value in (("input ", masked), ("target", target)):
@@ -114,7 +117,7 @@ def render_document(
 
 
 def run(args: argparse.Namespace) -> int:
-    check_selection_args(args)
+    options = selection_options(args)
     if args.index < 0 or args.count < 1:
         raise ValueError(f"--index must be >= 0 and --count >= 1, got {args.index}, {args.count}")
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
@@ -122,15 +125,29 @@ def run(args: argparse.Namespace) -> int:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(encoding="utf-8")
     if args.text is not None:
-        print(render_document(args.text, 0, "--text", args, color, width))
+        print(
+            render_document(
+                args.text, 0, "--text", options, color=color, width=width, example=args.example
+            )
+        )
         return 0
     name = display_name(args.input)
-    documents = islice(iter_documents(args.input, args.text_field), args.index, None)
+    documents = islice(iter_texts(args.input, args.text_field), args.index, None)
     shown = 0
     for index, line_no, text in islice(documents, args.count):
         if shown:
             print()
-        print(render_document(text, index, f"{name}:{line_no}", args, color, width))
+        print(
+            render_document(
+                text,
+                index,
+                f"{name}:{line_no}",
+                options,
+                color=color,
+                width=width,
+                example=args.example,
+            )
+        )
         shown += 1
     if not shown:
         raise ValueError(f"{name}: no record at index {args.index}")
