@@ -221,20 +221,41 @@ def _lead_words_rouge(predictions: Path) -> dict[str, dict[str, float]]:
     return {k: {"low": v.low, "mid": v.mid, "high": v.high} for k, v in report.items()}
 
 
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+"""The repository's configs/ (source checkout or editable install, as setup does)."""
+SMOKE_OVERRIDES = (
+    "data.max_tokens=2048",
+    "schedule.warmup_steps=2",
+    "schedule.max_steps=8",
+    "checkpoint.log_every=1",
+)
+"""--smoke: a few tiny steps through every stage instead of the configs' real sizes."""
+
+
+def demo_config(name: str) -> Path:
+    """configs/`name`, the hyperparameters of one training stage.
+
+    Raises:
+        FileNotFoundError: the file is missing (an install without the repository's configs/).
+    """
+    path = CONFIG_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"demo config {path} does not exist; run the demo from a source checkout or an "
+            "editable install (`bash scripts/setup.sh`), which keep configs/ next to the package"
+        )
+    return path
+
+
 def _train_overrides(opts: DemoOptions, minutes: float) -> list[str]:
-    steps = 8 if opts.smoke else 100_000  # the wall-clock budget ends real runs
+    """What depends on the demo's own options, on top of configs/demo_*.yaml."""
     return [
-        "model.preset=tiny",
         f"model.max_position_embeddings={max(opts.max_input_len, opts.max_target_len)}",
         f"data.max_input_len={opts.max_input_len}",
         f"data.max_target_len={opts.max_target_len}",
-        f"data.max_tokens={2048 if opts.smoke else 4096}",
-        f"schedule.warmup_steps={2 if opts.smoke else 100}",
-        f"schedule.max_steps={steps}",
         f"schedule.max_minutes={minutes:.3f}",
-        f"checkpoint.log_every={1 if opts.smoke else 10}",
-        "checkpoint.save_every=0",
         f"seed={opts.seed}",
+        *(SMOKE_OVERRIDES if opts.smoke else ()),
     ]
 
 
@@ -388,9 +409,8 @@ def run_demo(opts: DemoOptions) -> DemoResult:
                 str(tok_dir),
                 "--out",
                 str(pre_run),
-                "data.gsr=0.3",
-                "optim.lr=2e-3",
-                "schedule.decay=inverse_sqrt",
+                "--config",
+                str(demo_config("demo_pretrain.yaml")),
                 *_train_overrides(opts, pretrain_minutes),
             ],
             logs / "pretrain.log",
@@ -412,12 +432,10 @@ def run_demo(opts: DemoOptions) -> DemoResult:
                 str(out / "finetune_validation"),
                 "--out",
                 str(ft_run),
-                "optim.lr=1.5e-3",
-                "schedule.decay=constant",
-                "optim.label_smoothing=0.1",
-                "eval.max_new_tokens=24",
-                f"eval.every={4 if opts.smoke else 150}",
+                "--config",
+                str(demo_config("demo_finetune.yaml")),
                 *_train_overrides(opts, finetune_minutes),
+                *(("eval.every=4",) if opts.smoke else ()),
             ],
             logs / "finetune.log",
             threads_env,

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+from pegasus_gsg import demo
 from pegasus_gsg.cli import main
+from pegasus_gsg.config import load_config
 from pegasus_gsg.demo import DemoOptions, run_demo
 
 
@@ -90,3 +92,33 @@ def test_lead_words_baseline_scores_the_first_words_of_each_evaluated_email(tmp_
     # First five words "Meeting moved to Friday at": P 4/5, R 4/4, F 8/9; the other shares nothing.
     assert scores["rouge1"]["mid"] == pytest.approx(100 * (8 / 9) / 2)
     assert scores["rouge2"]["mid"] == pytest.approx(100 * (2 * 3 / 4 * 1) / (3 / 4 + 1) / 2)
+
+
+def test_demo_hyperparameters_come_from_configs_and_the_options_override_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opts = DemoOptions(max_input_len=128, max_target_len=16, seed=7)
+    overrides = demo._train_overrides(opts, 2.5)
+    pre = load_config(demo.demo_config("demo_pretrain.yaml"), overrides)
+    ft = load_config(demo.demo_config("demo_finetune.yaml"), overrides)
+    # The stages differ only in what the files say; the options win over both files.
+    assert (pre.optim.lr, pre.schedule.decay, pre.optim.label_smoothing) == (
+        2e-3,
+        "inverse_sqrt",
+        0,
+    )
+    assert (ft.optim.lr, ft.schedule.decay, ft.optim.label_smoothing) == (1.5e-3, "constant", 0.1)
+    assert (ft.eval.every, pre.eval.every) == (150, 0)
+    for cfg in (pre, ft):
+        assert (cfg.data.max_input_len, cfg.data.max_target_len, cfg.seed) == (128, 16, 7)
+        assert cfg.model.max_position_embeddings == 128 and cfg.model.d_model == 64
+        assert cfg.schedule.max_minutes == 2.5 and cfg.schedule.max_steps == 100_000
+    smoke = load_config(
+        demo.demo_config("demo_pretrain.yaml"),
+        demo._train_overrides(DemoOptions(smoke=True), 1.0),
+    )
+    assert (smoke.schedule.max_steps, smoke.data.max_tokens) == (8, 2048)
+
+    monkeypatch.setattr(demo, "CONFIG_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"demo_pretrain\.yaml does not exist"):
+        demo.demo_config("demo_pretrain.yaml")
