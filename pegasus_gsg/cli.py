@@ -27,7 +27,6 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pegasus_gsg.commands.demo", "the whole pipeline end to end on a real corpus"),
 }
 
-EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
 

@@ -88,7 +88,12 @@ class SummarizerClient:
 
     @classmethod
     def from_files(
-        cls, target: str, *, token_file: Path | None = None, tls_ca: Path | None = None, **kwargs
+        cls,
+        target: str,
+        *,
+        token_file: Path | None = None,
+        tls_ca: Path | None = None,
+        **kwargs: Any,
     ) -> SummarizerClient:
         """Like the constructor, reading the token and CA certificate from files."""
         token = read_token(token_file) if token_file is not None else None
@@ -100,7 +105,7 @@ class SummarizerClient:
     def __enter__(self) -> SummarizerClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -111,7 +116,7 @@ class SummarizerClient:
 
     @staticmethod
     def _overlong(truncate: bool) -> int:
-        return pb2.OVERLONG_POLICY_TRUNCATE if truncate else pb2.OVERLONG_POLICY_REJECT
+        return int(pb2.OVERLONG_POLICY_TRUNCATE if truncate else pb2.OVERLONG_POLICY_REJECT)
 
     def summarize(
         self, text: str, *, truncate: bool = False, timeout: float | None = None, **options: Any
@@ -148,9 +153,10 @@ class SummarizerClient:
         request = pb2.SummarizeRequest(
             text=text, options=pb2.GenerationOptions(**options), overlong=self._overlong(truncate)
         )
-        return self.stub.SummarizeStream(
+        stream: Iterator[pb2.SummarizeStreamResponse] = self.stub.SummarizeStream(
             request, timeout=self._timeout(timeout), metadata=self._metadata
         )
+        return stream
 
     def model_info(self, timeout: float | None = None) -> pb2.ModelInfo:
         return self.stub.GetModelInfo(
@@ -160,4 +166,4 @@ class SummarizerClient:
     def health(self, service: str = "", timeout: float | None = 5.0) -> str:
         """SERVING, NOT_SERVING, ... from the standard health service."""
         reply = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))

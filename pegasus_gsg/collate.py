@@ -46,7 +46,7 @@ class Seq2SeqCollator:
             out[i, : len(row)] = row
         return torch.from_numpy(out)
 
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("cannot collate an empty batch")
         for i, feature in enumerate(features):

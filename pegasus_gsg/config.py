@@ -20,7 +20,6 @@ saves its resolved config as `config.yaml` next to its outputs, and `fingerprint
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import re
@@ -74,7 +73,6 @@ def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
         raise ValueError(f"config: {name}={value!r} is out of range; expected {allowed}")
 
 
-@functools.cache
 def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
     """The allowed values of each `Literal`-typed field of `cls` (None included if optional),
     read from the annotation itself so that no hand-written list can drift from it."""
@@ -90,7 +88,7 @@ def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
     return out
 
 
-def _check_choices(obj: Any, section: str) -> None:
+def _check_choices(obj: object, section: str) -> None:
     """Every `Literal` field of the config dataclass `obj` holds one of its declared values."""
     for name, allowed in _choices(type(obj)).items():
         value = getattr(obj, name)
@@ -557,4 +555,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if isinstance(values.get("schedule"), dict) and values["schedule"].get("epochs") is not None:
         # Setting epochs replaces the default max_steps unless both were given explicitly.
         values["schedule"].setdefault("max_steps", None)
-    return _build(TrainConfig, values, "")
+    config: TrainConfig = _build(TrainConfig, values, "")
+    return config

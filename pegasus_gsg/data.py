@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 
-class _StoreDataset(torch.utils.data.Dataset):
+class _StoreDataset(torch.utils.data.Dataset[dict[str, list[int]]]):
     """Holds a TokenStore that survives pickling into DataLoader workers without a copy."""
 
     def __init__(self, store: TokenStore, kind: str) -> None:
@@ -137,7 +137,7 @@ class PretrainingDataset(_StoreDataset):
     def select(self, i: int, rng: np.random.Generator) -> list[int]:
         """Indices (ascending) of record ``i``'s gap sentences for this draw."""
         order, scores = self.store.ranking(i)
-        ranking = Ranking(order, scores)
+        ranking = Ranking(order.tolist(), scores.tolist())
         o = self.options
         if o.stochastic:
             gsr_range = o.mixed_gsr or (o.gsr, o.gsr)
@@ -215,7 +215,8 @@ class PretrainingDataset(_StoreDataset):
         sentences = np.array([store.num_sentences(i) for i in range(len(store))], dtype=np.int64)
         gaps = gap_sentence_counts(sentences, gsr)
         estimate = np.rint(source - o.mask_prob * (gap_tokens - gaps)).astype(np.int64) + 1
-        return np.clip(estimate, 1, o.max_input_len)
+        clipped: np.ndarray = np.clip(estimate, 1, o.max_input_len)
+        return clipped
 
 
 class FinetuneDataset(_StoreDataset):

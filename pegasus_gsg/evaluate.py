@@ -168,7 +168,8 @@ def generate(
         for row, i in enumerate(chunk):
             ids[row, : len(inputs[i])] = torch.as_tensor(inputs[i])
         mask = torch.arange(longest) < torch.tensor([len(inputs[i]) for i in chunk])[:, None]
-        out = model.generate(
+        # transformers 5's PreTrainedModel does not declare generate (GenerationMixin does).
+        out = model.generate(  # type: ignore[operator]
             input_ids=ids.to(device),
             attention_mask=mask.long().to(device),
             generation_config=generation,

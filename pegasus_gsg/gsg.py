@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -119,7 +120,8 @@ def gap_sentence_counts(num_sentences: np.ndarray, gsr: float) -> np.ndarray:
     if n.size and int(n.min()) < 0:
         raise ValueError(f"numbers of sentences must be >= 0, got {int(n.min())}")
     check_gsr(gsr)
-    return np.minimum(np.maximum(n * gsr, 1.0).astype(np.int64), n)
+    counts: np.ndarray = np.minimum(np.maximum(n * gsr, 1.0).astype(np.int64), n)
+    return counts
 
 
 def num_gap_sentences(n: int, gsr: float) -> int:
@@ -218,13 +220,18 @@ def _shared_word_counts(doc: DocumentIds) -> tuple[np.ndarray, np.ndarray]:
     return counts[:, shared], in_doc[shared]
 
 
-def _terms(a: np.ndarray, in_doc: np.ndarray, uniq: bool, out: np.ndarray | None = None):
+def _terms(
+    a: np.ndarray, in_doc: np.ndarray, uniq: bool, out: np.ndarray | None = None
+) -> np.ndarray:
     """Per-row overlap when each row's chosen counts are `a`: Σ min(a, D − a) or #{0 < a < D}."""
     terms = np.minimum(a, in_doc - a, out=out)
-    return np.count_nonzero(terms, axis=1) if uniq else terms.sum(axis=1)
+    overlap: np.ndarray = np.count_nonzero(terms, axis=1) if uniq else terms.sum(axis=1)
+    return overlap
 
 
-def _greedy_dense(counts: np.ndarray, in_doc: np.ndarray, uniq: bool) -> tuple[list, list]:
+def _greedy_dense(
+    counts: np.ndarray, in_doc: np.ndarray, uniq: bool
+) -> tuple[list[int], list[int]]:
     """Greedy Seq over the dense count matrix, run to the end so the order serves every m.
 
     With `chosen` the word counts of the chosen set S, row i of counts + chosen is the multiset
@@ -236,7 +243,7 @@ def _greedy_dense(counts: np.ndarray, in_doc: np.ndarray, uniq: bool) -> tuple[l
     chosen = np.zeros(counts.shape[1], dtype=np.int64)
     candidate = np.empty_like(counts)
     taken = np.zeros(n, dtype=bool)
-    live = counts.any(axis=1).tolist()
+    live = cast(list[bool], counts.any(axis=1).tolist())
     remaining_live = sum(live)
     order: list[int] = []
     overlaps = [0] * n
@@ -266,10 +273,13 @@ def _independent_sparse(pairs: EncodedDocument, uniq: bool) -> list[int]:
     count, in_doc = pairs.pair_count, pairs.doc_count[pairs.pair_word]
     shared = (count < in_doc) if uniq else np.minimum(count, in_doc - count)
     n = pairs.num_sentences
-    return np.bincount(pairs.pair_sentence, weights=shared, minlength=n).astype(np.int64).tolist()
+    overlaps: list[int] = (
+        np.bincount(pairs.pair_sentence, weights=shared, minlength=n).astype(np.int64).tolist()
+    )
+    return overlaps
 
 
-def _greedy_sparse(doc: EncodedDocument, uniq: bool) -> tuple[list, list]:
+def _greedy_sparse(doc: EncodedDocument, uniq: bool) -> tuple[list[int], list[int]]:
     """Greedy Seq from sparse pairs, for documents too big for the dense matrix.
 
     State: `chosen[w]`, the count of word w in the chosen set S. Adding candidate i changes the

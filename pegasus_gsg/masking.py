@@ -32,6 +32,9 @@ import numpy as np
 from pegasus_gsg.gsg import check_gsr, check_gsr_range
 from pegasus_gsg.vocab import EOS_ID, FIRST_PIECE_ID, IGNORE_INDEX, MASK1_ID, MASK2_ID
 
+TokenIds = Sequence[int] | np.ndarray
+"""The ids of one sentence: a list, or an array read from the store (uint16/uint32)."""
+
 _MASK1 = np.array([MASK1_ID], dtype=np.int64)
 _EOS = np.array([EOS_ID], dtype=np.int64)
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -128,7 +131,7 @@ def _check_args(
 
 
 def build_pretraining_example(
-    sentence_ids: Sequence[Sequence[int]],
+    sentence_ids: Sequence[TokenIds],
     selected: Sequence[int],
     *,
     rng: np.random.Generator,
@@ -151,7 +154,7 @@ def build_pretraining_example(
         masked = {i for i, u in zip(chosen, draws.tolist(), strict=True) if u < mask_prob}
 
     target = _join([sentences[i] for i in chosen], max_target_len - 1)
-    pieces = [_MASK1 if i in masked else s for i, s in enumerate(sentences)]
+    pieces: list[TokenIds] = [_MASK1 if i in masked else s for i, s in enumerate(sentences)]
     input_ids = _join(pieces, max_input_len - 1)
 
     mlm_labels = np.full(len(input_ids), IGNORE_INDEX, dtype=np.int64)
@@ -165,14 +168,14 @@ def build_pretraining_example(
     )
 
 
-def _join(pieces: Sequence[Sequence[int]], limit: int) -> np.ndarray:
+def _join(pieces: Sequence[TokenIds], limit: int) -> np.ndarray:
     """The pieces concatenated as int64 and cut to `limit` ids (one copy; uint16 widened)."""
     return np.concatenate([*pieces, _EMPTY])[:limit].astype(np.int64, copy=False)
 
 
 def _apply_mlm(
     input_ids: np.ndarray,
-    pieces: list[np.ndarray],
+    pieces: Sequence[TokenIds],
     chosen: list[int],
     mlm_labels: np.ndarray,
     rng: np.random.Generator,
@@ -193,7 +196,7 @@ def _apply_mlm(
     picked = candidates[rng.choice(len(candidates), size=count, replace=False, shuffle=False)]
     mlm_labels[picked] = input_ids[picked]
     kind = rng.random(count)
-    corrupted = input_ids.copy()
+    corrupted: np.ndarray = input_ids.copy()
     corrupted[picked[kind < 0.8]] = MASK2_ID
     random_slots = picked[(kind >= 0.8) & (kind < 0.9)]
     corrupted[random_slots] = rng.integers(FIRST_PIECE_ID, vocab_size, size=len(random_slots))

@@ -21,11 +21,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationConfig, PegasusConfig, PegasusForConditionalGeneration
+from transformers import (
+    GenerationConfig,
+    PegasusConfig,
+    PegasusForConditionalGeneration,
+    PreTrainedTokenizerBase,
+)
 from transformers.models.pegasus.modeling_pegasus import shift_tokens_right
 
 from pegasus_gsg.config import EvalConfig, ModelConfig
@@ -78,13 +84,15 @@ def build_model(cfg: ModelConfig, vocab_size: int) -> PegasusForConditionalGener
     return PegasusForConditionalGeneration(config)
 
 
-def check_vocab(model: PegasusForConditionalGeneration, vocab_size: int, source: str) -> None:
+def check_vocab(
+    model: PegasusForConditionalGeneration, vocab_size: int, source: str | None
+) -> None:
     """Refuse a tokenizer whose ids the model's embedding cannot hold (or vice versa).
 
     Raises:
         ValueError: the sizes differ.
     """
-    rows = model.get_input_embeddings().weight.shape[0]
+    rows = cast(nn.Embedding, model.get_input_embeddings()).num_embeddings
     if rows != vocab_size:
         raise ValueError(
             f"vocab/model mismatch: the tokenizer {source} has {vocab_size} ids but the model's "
@@ -137,9 +145,10 @@ class Seq2SeqLossModel(nn.Module):
         mlm_labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         config = self.model.config
-        decoder_input_ids = shift_tokens_right(
-            labels, config.pad_token_id, config.decoder_start_token_id
-        )
+        pad, start = config.pad_token_id, config.decoder_start_token_id
+        if pad is None or start is None:
+            raise ValueError("the model config needs pad_token_id and decoder_start_token_id")
+        decoder_input_ids = shift_tokens_right(labels, pad, start)
         out = self.model.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -182,7 +191,10 @@ def generation_config(cfg: EvalConfig) -> GenerationConfig:
 
 
 def export(
-    model: PegasusForConditionalGeneration, tokenizer, out_dir: str | Path, gen: GenerationConfig
+    model: PegasusForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    gen: GenerationConfig,
 ) -> Path:
     """`save_pretrained` model + tokenizer + generation config, loadable with the Auto classes."""
     out = Path(out_dir)

@@ -52,7 +52,7 @@ import os
 import shutil
 import signal
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -283,7 +283,7 @@ def _process_chunk(task: tuple[int, list[Row]]) -> tuple[int, dict[str, np.ndarr
         if record is not None:
             splits[str(record["split"]) if "split" in record else NO_SPLIT] += 1
         outside = config.split is not None and record is not None and "split" in record
-        if outside and record["split"] != config.split:
+        if outside and record is not None and record["split"] != config.split:
             filtered += 1
             continue
         values = _usable(row, config, skip)
@@ -387,7 +387,7 @@ def _write_chunk(work: Path, index: int, arrays: dict[str, np.ndarray]) -> None:
     final = _chunk_path(work, index)
     tmp = final.with_name(f".{final.name}.tmp-{writer_tag()}")
     with tmp.open("wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy stub: kwargs vs allow_pickle
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, final)
@@ -395,7 +395,8 @@ def _write_chunk(work: Path, index: int, arrays: dict[str, np.ndarray]) -> None:
 
 def _read_meta(path: Path) -> dict[str, Any]:
     with np.load(path) as chunk:
-        return json.loads(chunk["meta"].tobytes().decode())
+        meta: dict[str, Any] = json.loads(chunk["meta"].tobytes().decode())
+        return meta
 
 
 def _open_work_dir(work: Path, job: dict[str, Any], config: PrepareConfig) -> None:
@@ -440,7 +441,7 @@ def _map_ordered(
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     initargs = (str(tokenizer_dir), config, dtype.name, False)
     with ctx.Pool(config.num_proc, initializer=_init_worker, initargs=initargs) as pool:
-        pending: collections.deque = collections.deque()
+        pending: collections.deque[Any] = collections.deque()
         for task in tasks:
             pending.append(pool.apply_async(_process_chunk, (task,)))
             if len(pending) >= 2 * config.num_proc:
@@ -551,7 +552,7 @@ def _warn_about_splits(splits: Counter[str], split: str | None) -> None:
         logger.warning("no record has a `split` field; --split %s kept every record", split)
 
 
-def _fill(arrays: dict[str, np.ndarray], paths: list[Path], kind: str) -> None:
+def _fill(arrays: Mapping[str, np.ndarray], paths: list[Path], kind: str) -> None:
     r = t = s = 0
     arrays["record_tokens.npy"][0] = 0
     if kind == "pretrain":
@@ -594,7 +595,9 @@ def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _existing_store(out: Path, base: dict[str, Any], config: PrepareConfig) -> dict | None:
+def _existing_store(
+    out: Path, base: dict[str, Any], config: PrepareConfig
+) -> dict[str, Any] | None:
     """The manifest of a finished store at `out` made by this very job, else None.
 
     Raises ValueError when `out` holds something else and `overwrite` is off.

@@ -40,10 +40,12 @@ def proto_dir() -> Path:
 
 
 def _load() -> tuple[Any, Any]:
+    """(pb2, pb2_grpc) modules; Any: they are generated at run time, mypy cannot see them."""
     directory = str(proto_dir())
     sys.path.insert(0, directory)
     try:
-        return grpc.protos_and_services(PROTO_FILE)
+        pb2_module, grpc_module = grpc.protos_and_services(PROTO_FILE)
+        return pb2_module, grpc_module
     finally:
         sys.path.remove(directory)
 

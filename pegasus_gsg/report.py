@@ -88,7 +88,9 @@ def plot_rouge_bars(
         figsize=(max(6, 1.6 * len(metrics) * max(len(names), 1) / 2), 4), dpi=110
     )
     for k, name in enumerate(names):
-        xs, mids, errs = [], [], [[], []]
+        xs: list[float] = []
+        mids: list[float] = []
+        errs: list[list[float]] = [[], []]
         for j, metric in enumerate(metrics):
             if metric not in rows[name]:
                 continue

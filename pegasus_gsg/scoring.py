@@ -57,8 +57,8 @@ CJK_RANGES = (
 _TOKEN = re.compile(rf"[a-z0-9]+|[{CJK_RANGES}]")
 _CJK = re.compile(rf"[{CJK_RANGES}]")
 _STOPWORDS_BYTES = frozenset(word.encode("ascii") for word in STOPWORDS)
-_STOP_IDS_STR = dict.fromkeys(STOPWORDS, -1)
-_STOP_IDS_BYTES = dict.fromkeys(_STOPWORDS_BYTES, -1)
+_STOP_IDS_STR: dict[Hashable, int] = dict.fromkeys(STOPWORDS, -1)
+_STOP_IDS_BYTES: dict[Hashable, int] = dict.fromkeys(_STOPWORDS_BYTES, -1)
 _ALNUM = b"abcdefghijklmnopqrstuvwxyz0123456789"
 _ALNUM_OR_SPACE = bytes(c if c in _ALNUM else ord(" ") for c in range(256))
 
@@ -140,13 +140,10 @@ class EncodedDocument:
     doc_count: np.ndarray  # int64, occurrences of each word id in the whole document
     num_tokens: int  # |document| as a multiset: the Orig denominator |C| + |R| of every candidate
 
-    @property
-    def num_types(self) -> int:
-        """Distinct tokens in the document (the Uniq counterpart of `num_tokens`)."""
-        return len(self.doc_count)
 
-
-def _sentence_tokens(sentences: Sequence[str]) -> tuple[list[list[Hashable]], dict]:
+def _sentence_tokens(
+    sentences: Sequence[str],
+) -> tuple[Sequence[Sequence[Hashable]], dict[Hashable, int]]:
     """Each sentence's tokens (stopwords included) and `{stopword: -1}` in the same key type.
 
     The keys compare equal exactly when the tokens of `tokenize` do, but they are `bytes` for
@@ -161,7 +158,7 @@ def _sentence_tokens(sentences: Sequence[str]) -> tuple[list[list[Hashable]], di
     if len(lowered) != len(text) or not (lowered.isascii() or _CJK.search(lowered) is None):
         return [_TOKEN.findall(sentence.lower()) for sentence in sentences], _STOP_IDS_STR
     buffer = lowered.encode("ascii", "replace").translate(_ALNUM_OR_SPACE)
-    tokens = []
+    tokens: list[list[bytes]] = []
     start = 0
     for sentence in sentences:
         end = start + len(sentence)
@@ -175,7 +172,7 @@ def sentence_keys(sentences: Sequence[str], *, stopwords: bool = True) -> list[l
     tokens, stop = _sentence_tokens(sentences)
     if stopwords:
         return [[t for t in ts if t not in stop] for ts in tokens]
-    return tokens
+    return [list(ts) for ts in tokens]
 
 
 def document_ids(sentences: Sequence[str], *, stopwords: bool = True) -> DocumentIds:
@@ -189,7 +186,9 @@ def ids_from_tokens(sentence_tokens: Sequence[Sequence[Hashable]]) -> DocumentId
     return _number(sentence_tokens, {})
 
 
-def _number(sentence_tokens: Sequence[Sequence[Hashable]], stop_ids: dict) -> DocumentIds:
+def _number(
+    sentence_tokens: Sequence[Sequence[Hashable]], stop_ids: dict[Hashable, int]
+) -> DocumentIds:
     """Word ids 0..V-1 in order of first occurrence, tokens found in `stop_ids` dropped.
 
     One C-level pass: a defaultdict whose factory is its own `len` hands out the next id to

@@ -362,7 +362,8 @@ class TokenStore:
     def lengths(self) -> np.ndarray:
         """Per record: source tokens (pretrain: all sentences; finetune: the document)."""
         if self.kind == "finetune":
-            return self._arrays["source_lengths.npy"]
+            source_lengths: np.ndarray = self._arrays["source_lengths.npy"]
+            return source_lengths
         return np.diff(self.record_tokens.astype(np.int64))
 
     def target_lengths(self, gsr: float = 0.3) -> np.ndarray:
@@ -402,7 +403,8 @@ class TokenStore:
         if len(ends):
             starts[1:] = ends[:-1]
             starts[rec_sent[:-1][np.diff(rec_sent) > 0]] = 0
-        return ends - starts
+        lengths: np.ndarray = ends - starts
+        return lengths
 
     def num_sentences(self, i: int) -> int:
         self._need("pretrain", "num_sentences")

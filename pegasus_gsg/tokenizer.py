@@ -221,9 +221,9 @@ def check_layout(tokenizer: PreTrainedTokenizerBase, where: str) -> None:
         ("eos_token_id", EOS_ID),
         ("unk_token_id", UNK_ID),
     ):
-        got = getattr(tokenizer, attr, None)
-        if got != want:
-            wrong.append(f"{attr} is {got}, expected {want}")
+        got_id = getattr(tokenizer, attr, None)
+        if got_id != want:
+            wrong.append(f"{attr} is {got_id}, expected {want}")
     if len(tokenizer) <= FIRST_PIECE_ID:
         wrong.append(f"only {len(tokenizer)} ids, expected ordinary pieces from {FIRST_PIECE_ID}")
     if wrong:

@@ -155,11 +155,14 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
         )
 
 
-def _lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, max_steps: int):
+def _lr_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, max_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     name = {"constant": "constant_with_warmup"}.get(cfg.schedule.decay, cfg.schedule.decay)
-    return get_scheduler(
+    scheduler: torch.optim.lr_scheduler.LRScheduler = get_scheduler(
         name, optimizer, num_warmup_steps=cfg.schedule.warmup_steps, num_training_steps=max_steps
     )
+    return scheduler
 
 
 def find_checkpoint(resume: str, out_dir: Path) -> Path | None:
@@ -195,9 +198,9 @@ def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> None:
 
 
 def _batch_stream(
-    loader: torch.utils.data.DataLoader,
+    loader: torch.utils.data.DataLoader[Any],
     sampler: TokenBudgetBatchSampler,
-    dataset: torch.utils.data.Dataset,
+    dataset: Any,
     state: TrainState,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Micro-batches forever, epoch after epoch, keeping `state`'s position up to date."""
@@ -227,7 +230,7 @@ def _shard(n: int, accelerator: Accelerator) -> list[int]:
 @torch.no_grad()
 def validation_loss(
     model: Seq2SeqLossModel,
-    dataset: torch.utils.data.Dataset,
+    dataset: Any,
     cfg: TrainConfig,
     accelerator: Accelerator,
 ) -> float:
@@ -265,7 +268,7 @@ def validation_loss(
 def validation_rouge(
     model: Seq2SeqLossModel,
     tokenizer: Any,
-    dataset: torch.utils.data.Dataset,
+    dataset: Any,
     cfg: TrainConfig,
     accelerator: Accelerator,
 ) -> dict[str, float]:
@@ -300,8 +303,8 @@ def train(
     *,
     model: Seq2SeqLossModel,
     tokenizer: Any,
-    train_set: torch.utils.data.Dataset,
-    val_set: torch.utils.data.Dataset | None = None,
+    train_set: Any,
+    val_set: Any | None = None,
     resume: str | None = None,
     profile: bool = False,
 ) -> TrainResult:
@@ -344,7 +347,7 @@ def train(
         def lengths(epoch: int) -> np.ndarray:
             return np.asarray(train_set.epoch_lengths(epoch))[:n]
     else:
-        lengths = np.asarray(train_set.lengths())[:n]
+        lengths = np.asarray(train_set.lengths())[:n]  # type: ignore[assignment]  # array or function
     sampler = TokenBudgetBatchSampler(
         lengths,
         max_tokens=cfg.data.max_tokens,
@@ -373,11 +376,12 @@ def train(
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     max_steps = cfg.schedule.max_steps or max(
-        1, cfg.schedule.epochs * sampler.batches_per_epoch // cfg.optim.grad_accum
+        1, (cfg.schedule.epochs or 0) * sampler.batches_per_epoch // cfg.optim.grad_accum
     )
 
     if cfg.compile:
-        model = torch.compile(model, dynamic=True)
+        # A wrapper that forwards to the module: used exactly as the module is.
+        model = torch.compile(model, dynamic=True)  # type: ignore[assignment]
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = _lr_scheduler(optimizer, cfg, max_steps)
     # The scheduler is deliberately not prepared: accelerate would step it once per process.
@@ -464,14 +468,16 @@ def train(
             if budget_s is None:
                 progress.update(1)
             else:
-                progress.n = min(round(time.monotonic() - started), progress.total)
+                progress.n = min(round(time.monotonic() - started), int(progress.total or 0))
                 progress.set_postfix(step=state.step, refresh=True)
             if profiler is not None:
                 profiler.step()
 
             at_end = state.step == max_steps or _past(deadline, accelerator)
             if state.step % cfg.checkpoint.log_every == 0 or at_end:
-                row = interval.flush(accelerator, state, max_steps, scheduler.get_last_lr()[0])
+                row = interval.flush(
+                    accelerator, state, max_steps, float(scheduler.get_last_lr()[0])
+                )
                 accelerator.log(row, step=state.step)
                 if accelerator.is_main_process:
                     with metrics_file.open("a") as f:
@@ -501,7 +507,7 @@ def train(
                 )
                 if state.best_metric is None or metric > state.best_metric:
                     state.best_metric = metric
-                    if accelerator.is_main_process:
+                    if accelerator.is_main_process and best_dir is not None:
                         export(unwrapped.model, tokenizer, best_dir, gen)
                         (best_dir / "eval.json").write_text(json.dumps(result, indent=2))
             if cfg.checkpoint.save_every and (state.step % cfg.checkpoint.save_every == 0):
@@ -529,7 +535,7 @@ class _Interval:
 
     def reset(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.counts: torch.Tensor | float = 0.0
+        self.counts = torch.zeros((), dtype=torch.float64, device=self.device)
         self.tokens = 0
         self.data_wait = 0.0
         self.start = time.perf_counter()

@@ -27,8 +27,3 @@ EOS_TOKEN = "</s>"
 MASK1_TOKEN = "<mask_1>"
 MASK2_TOKEN = "<mask_2>"
 UNK_TOKEN = "<unk>"
-
-
-def is_special(token_id: int) -> bool:
-    """True for ids that GSG/MLM masking must never pick or produce at random."""
-    return token_id < FIRST_PIECE_ID

@@ -15,9 +15,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,6 +29,9 @@ from pegasus_gsg.protos import SERVICE_NAME, pb2_grpc
 from server.auth import BearerTokenInterceptor
 from server.metrics import ServerMetrics
 from server.service import SummarizerService
+
+if TYPE_CHECKING:
+    from server.model import Batcher, SummarizerModel
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +72,7 @@ class ListenConfig:
 class SummarizerServer:
     """Owns the grpc.Server, the health servicer, the model and the batcher."""
 
-    def __init__(self, listen: ListenConfig, model_factory) -> None:
+    def __init__(self, listen: ListenConfig, model_factory: Callable[[], SummarizerModel]) -> None:
         """`model_factory()` returns a loaded `SummarizerModel`; called by `load()`."""
         self.listen = listen
         self._model_factory = model_factory
@@ -77,7 +82,7 @@ class SummarizerServer:
             on_request=self.metrics.on_request if self.metrics else None
         )
         self.health = health.HealthServicer()
-        self.batcher = None
+        self.batcher: Batcher | None = None
         self.port: int | None = None
         self._stopped = threading.Event()
         interceptors = [BearerTokenInterceptor(listen.auth_token)] if listen.auth_token else []
@@ -99,7 +104,7 @@ class SummarizerServer:
         )
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    def _set_health(self, status) -> None:
+    def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
             self.health.set(name, status)
 
@@ -111,8 +116,11 @@ class SummarizerServer:
         """Bind and start answering (health NOT_SERVING); returns the bound port."""
         bind = f"{self.listen.host}:{self.listen.port}"
         if self.listen.tls_cert is not None:
+            key = self.listen.tls_key
+            if key is None:  # ListenConfig refuses a certificate without its key
+                raise ValueError("tls_cert and tls_key must be given together")
             credentials = grpc.ssl_server_credentials(
-                [(Path(self.listen.tls_key).read_bytes(), Path(self.listen.tls_cert).read_bytes())]
+                [(Path(key).read_bytes(), Path(self.listen.tls_cert).read_bytes())]
             )
             port = self.grpc_server.add_secure_port(bind, credentials)
         else:
@@ -121,7 +129,7 @@ class SummarizerServer:
             raise ValueError(f"could not bind {bind} (in use or not a local address?)")
         self.port = port
         self.grpc_server.start()
-        if self.metrics is not None:
+        if self.metrics is not None and self.listen.metrics_port is not None:
             self.metrics_port = self.metrics.serve(self.listen.host, self.listen.metrics_port)
         logger.info(
             "listening on %s (%s%s)",
@@ -129,17 +137,18 @@ class SummarizerServer:
             "TLS" if self.listen.tls_cert else "plaintext",
             ", bearer-token auth" if self.listen.auth_token else "",
         )
-        return port
+        return int(port)
 
     def load(self) -> None:
         """Load the model, start the batching worker and report SERVING."""
         from server.model import Batcher  # torch is imported here, after the port is bound
 
         model = self._model_factory()
-        self.batcher = Batcher(model, on_batch=self.metrics.on_batch if self.metrics else None)
+        batcher = Batcher(model, on_batch=self.metrics.on_batch if self.metrics else None)
+        self.batcher = batcher
         if self.metrics is not None:
-            self.metrics.track_queue(self.batcher.queue_depth)
-        self.service.attach(model, self.batcher)
+            self.metrics.track_queue(batcher.queue_depth)
+        self.service.attach(model, batcher)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         logger.info("serving %s", model.model_dir)
 

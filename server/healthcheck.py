@@ -26,8 +26,8 @@ def check(target: str, service: str = "", timeout: float = 3.0, tls_ca: Path | N
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         except grpc.RpcError as err:
-            return err.code().name
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            return str(err.code().name)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
 def main(argv: list[str] | None = None) -> int:

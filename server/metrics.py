@@ -11,6 +11,7 @@ Each server gets its own `CollectorRegistry`, so several servers (tests) can liv
 from __future__ import annotations
 
 from collections.abc import Callable
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -47,7 +48,7 @@ class ServerMetrics:
             "Requests waiting for the batching worker.",
             registry=self.registry,
         )
-        self._http = None
+        self._http: WSGIServer | None = None
 
     def on_request(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method=method, code=code).inc()
@@ -62,7 +63,7 @@ class ServerMetrics:
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP exporter; returns the bound port (useful with port 0)."""
         self._http, _ = start_http_server(port, addr=host, registry=self.registry)
-        return self._http.server_port
+        return int(self._http.server_port)
 
     def close(self) -> None:
         if self._http is not None:

@@ -31,10 +31,11 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import (
@@ -203,7 +204,7 @@ class Job:
     deadline: float | None = None
     """time.monotonic() after which the result is useless; None = no deadline."""
     streamer: TextIteratorStreamer | None = None
-    future: Future = field(default_factory=Future)
+    future: Future[SummaryResult] = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = field(default_factory=time.monotonic)
 
@@ -235,9 +236,12 @@ class _StopWhenAbandoned(StoppingCriteria):
     def __init__(self, jobs: list[Job]) -> None:
         self.jobs = jobs
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs):
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
         stop = all(job.abandoned() for job in self.jobs)
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+        done = torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+        return cast(torch.BoolTensor, done)
 
 
 class SummarizerModel:
@@ -398,7 +402,7 @@ class SummarizerModel:
         for row in sequences.tolist():
             # Rows that ended early are padded to the longest row; count up to the first </s>.
             end = next((i + 1 for i, tok in enumerate(row) if tok in eos_ids), len(row))
-            text = self._decoder.decode(row[:end], skip_special_tokens=True)
+            text = str(self._decoder.decode(row[:end], skip_special_tokens=True))
             results.append((text, end))
         return results
 
@@ -422,7 +426,9 @@ class BatchingStats:
 class Batcher:
     """The one worker thread that owns the model; see the module docstring for the algorithm."""
 
-    def __init__(self, model: SummarizerModel, on_batch=None) -> None:
+    def __init__(
+        self, model: SummarizerModel, on_batch: Callable[[int], None] | None = None
+    ) -> None:
         self.model = model
         self.config = model.config
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=self.config.max_queue)
@@ -433,7 +439,7 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="batching-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Job) -> Future:
+    def submit(self, job: Job) -> Future[SummaryResult]:
         """Queue a job; its future resolves to a `SummaryResult` or an exception.
 
         Raises:

@@ -20,6 +20,7 @@ import queue
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import fields
+from typing import Any
 
 import grpc
 
@@ -66,7 +67,7 @@ def _status_of(err: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"generation failed: {type(err).__name__}: {err}"
 
 
-def options_from_proto(message: pb2.GenerationOptions) -> dict:
+def options_from_proto(message: pb2.GenerationOptions) -> dict[str, Any]:
     """The fields the client set (proto3 `optional` tells unset from zero)."""
     return {name: getattr(message, name) for name in _OPTION_FIELDS if message.HasField(name)}
 
@@ -88,7 +89,8 @@ def result_to_proto(result: SummaryResult) -> pb2.SummarizeResponse:
     )
 
 
-class SummarizerService(pb2_grpc.SummarizerServicer):
+# pb2_grpc is generated at run time (pegasus_gsg/protos.py), so mypy sees its classes as Any.
+class SummarizerService(pb2_grpc.SummarizerServicer):  # type: ignore[misc]
     """Summarizer RPCs over a `Batcher`; answers UNAVAILABLE until `attach` is called."""
 
     def __init__(self, on_request: Callable[[str, str, float], None] | None = None) -> None:
@@ -147,7 +149,7 @@ class SummarizerService(pb2_grpc.SummarizerServicer):
         if self._on_request is not None:
             self._on_request(method, code.name, time.monotonic() - started)
 
-    def _unary(self, method: str, context: grpc.ServicerContext, handler: Callable):
+    def _unary(self, method: str, context: grpc.ServicerContext, handler: Callable[[], Any]) -> Any:
         started = time.monotonic()
         try:
             response = handler()
@@ -160,8 +162,10 @@ class SummarizerService(pb2_grpc.SummarizerServicer):
 
     # -- RPCs ---------------------------------------------------------------------------------
 
-    def Summarize(self, request, context):
-        def handle():
+    def Summarize(
+        self, request: pb2.SummarizeRequest, context: grpc.ServicerContext
+    ) -> pb2.SummarizeResponse:
+        def handle() -> pb2.SummarizeResponse:
             model, batcher = self._ready()
             options = model.resolve_options(**options_from_proto(request.options))
             job = self._make_job(model, request.text, options, request.overlong, context)
@@ -170,8 +174,10 @@ class SummarizerService(pb2_grpc.SummarizerServicer):
 
         return self._unary("Summarize", context, handle)
 
-    def SummarizeBatch(self, request, context):
-        def handle():
+    def SummarizeBatch(
+        self, request: pb2.SummarizeBatchRequest, context: grpc.ServicerContext
+    ) -> pb2.SummarizeBatchResponse:
+        def handle() -> pb2.SummarizeBatchResponse:
             model, batcher = self._ready()
             if not request.texts:
                 raise ValueError("texts is empty: send at least one text")
@@ -191,7 +197,9 @@ class SummarizerService(pb2_grpc.SummarizerServicer):
 
         return self._unary("SummarizeBatch", context, handle)
 
-    def SummarizeStream(self, request, context) -> Iterator[pb2.SummarizeStreamResponse]:
+    def SummarizeStream(
+        self, request: pb2.SummarizeRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb2.SummarizeStreamResponse]:
         started = time.monotonic()
         try:
             model, batcher = self._ready()
@@ -215,8 +223,10 @@ class SummarizerService(pb2_grpc.SummarizerServicer):
         self._finish("SummarizeStream", started, grpc.StatusCode.OK)
         yield pb2.SummarizeStreamResponse(text_delta=rest, done=True, final=result_to_proto(result))
 
-    def GetModelInfo(self, request, context):
-        def handle():
+    def GetModelInfo(
+        self, request: pb2.GetModelInfoRequest, context: grpc.ServicerContext
+    ) -> pb2.ModelInfo:
+        def handle() -> pb2.ModelInfo:
             model, batcher = self._ready()
             stats = batcher.stats()
             config = model.config

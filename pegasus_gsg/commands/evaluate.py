@@ -15,6 +15,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from pegasus_gsg.jsonl import read_jsonl
 
@@ -52,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
 
 
-def read_pairs(args: argparse.Namespace) -> list[dict]:
+def read_pairs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Records with text and summary from the JSON Lines input, filtered as asked.
 
     Raises:

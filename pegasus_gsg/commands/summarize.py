@@ -17,7 +17,12 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import grpc
+
+    from pegasus_gsg.client import SummarizerClient
 
 _OPTION_ARGS = (
     "max_new_tokens",
@@ -65,7 +70,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def read_records(path: Path, field: str) -> list[tuple[int, dict]]:
+def read_records(path: Path, field: str) -> list[tuple[int, dict[str, Any]]]:
     """(line number, record) for every non-blank line; raises ValueError naming the bad line."""
     if not path.is_file():
         raise FileNotFoundError(f"input file {path} does not exist")
@@ -86,11 +91,11 @@ def read_records(path: Path, field: str) -> list[tuple[int, dict]]:
     return records
 
 
-def _describe(err) -> str:
+def _describe(err: grpc.RpcError) -> str:
     return f"{err.code().name}: {err.details()}"
 
 
-def _run_text(client, args: argparse.Namespace, options: dict[str, Any]) -> int:
+def _run_text(client: SummarizerClient, args: argparse.Namespace, options: dict[str, Any]) -> int:
     if args.stream:
         for message in client.summarize_stream(args.text, truncate=args.truncate, **options):
             sys.stdout.write(message.text_delta)
@@ -101,12 +106,14 @@ def _run_text(client, args: argparse.Namespace, options: dict[str, Any]) -> int:
     return 0
 
 
-def _run_file(client, args: argparse.Namespace, options: dict[str, Any]) -> int:
+def _run_file(client: SummarizerClient, args: argparse.Namespace, options: dict[str, Any]) -> int:
     import grpc
 
     records = read_records(args.input, args.field)
 
-    def call(item: tuple[int, dict]):
+    def call(
+        item: tuple[int, dict[str, Any]],
+    ) -> tuple[int, dict[str, Any], Any, grpc.RpcError | None]:
         number, record = item
         try:
             reply = client.summarize(record[args.field], truncate=args.truncate, **options)
