@@ -535,7 +535,7 @@ class _Interval:
 
     def reset(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.counts = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.counts: torch.Tensor | float = 0.0  # a tensor (one count per key) once added to
         self.tokens = 0
         self.data_wait = 0.0
         self.start = time.perf_counter()
@@ -554,7 +554,8 @@ class _Interval:
         )
         total = accelerator.reduce(local, reduction="sum")
         # One term per label kind (decoder GSG/summary loss, encoder MLM loss), each a mean.
-        terms = {k: float(total[i] / max(float(self.counts[i]), 1.0)) for i, k in enumerate(keys)}
+        counts = torch.as_tensor(self.counts, dtype=torch.float64).expand(len(keys))
+        terms = {k: float(total[i] / max(float(counts[i]), 1.0)) for i, k in enumerate(keys)}
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         row = {
             "step": state.step,

@@ -47,7 +47,8 @@ def test_dedup_keeps_each_document_once_and_training_side_first():
     not (SHARED_DATA / "aeslc" / "data.jsonl").is_file(), reason="shared data not present"
 )
 def test_dedup_on_real_aeslc_leaves_no_test_body_in_train():
-    rows = [json.loads(line) for line in (SHARED_DATA / "aeslc" / "data.jsonl").open()]
+    text = (SHARED_DATA / "aeslc" / "data.jsonl").read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in text.splitlines()]
     pairs = dedup_pairs(rows)
     train_bodies = {r["document"].strip() for r in pairs.train}
     test_bodies = [r["document"].strip() for r in pairs.test]

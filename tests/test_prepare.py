@@ -243,7 +243,7 @@ def test_kill_9_mid_run_then_rerun_equals_uninterrupted(tmp_path, tiny_tokenizer
     ]  # fmt: skip
     # The run stops itself (SIGSTOP) right after writing its 3rd chunk; then we kill -9 it.
     env = {**os.environ, STOP_AFTER_ENV: "3"}
-    proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
     _, status = os.waitpid(proc.pid, os.WUNTRACED)
     assert os.WIFSTOPPED(status)
     os.kill(proc.pid, signal.SIGKILL)

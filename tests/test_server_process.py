@@ -31,9 +31,11 @@ class ServerProcess:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
 
     def _pump(self) -> None:
+        assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.put(line)
 
@@ -51,6 +53,9 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(30)
+        self._pump_thread.join(30)  # EOF once the process is gone; then the pipe can close
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
 
 
 @pytest.mark.slow
