@@ -160,10 +160,12 @@ def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         RuntimeError: the command failed; names it and the log holding its output.
     """
     logger.info("$ %s", " ".join(cmd))
-    with log.open("w", encoding="utf-8") as f:
-        proc = subprocess.Popen(
+    with (
+        log.open("w", encoding="utf-8") as f,
+        subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
+        ) as proc,
+    ):
         assert proc.stdout is not None
         for line in proc.stdout:
             f.write(line)
@@ -291,7 +293,8 @@ class _ServerProcess:
         )
         self.port: int | None = None
         self._ready = threading.Event()
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
 
     def _pump(self) -> None:
         assert self.proc.stderr is not None
@@ -317,7 +320,12 @@ class _ServerProcess:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
             raise RuntimeError(f"the server did not drain within {timeout} s") from None
+        finally:
+            self._pump_thread.join(timeout)  # reads to EOF, which the exit brings
+            assert self.proc.stderr is not None
+            self.proc.stderr.close()
 
 
 def _iter_texts(path: Path, limit: int) -> Iterator[str]:

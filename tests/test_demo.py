@@ -40,7 +40,8 @@ def test_smoke_demo_runs_every_stage(shared_data: Path, tmp_path: Path, capsys) 
         rows = [json.loads(x) for x in (out / run / "metrics.jsonl").read_text().splitlines()]
         losses = [r["loss"] for r in rows if "loss" in r]
         assert losses and all(math.isfinite(v) for v in losses)
-    val = [json.loads(x)["val_loss"] for x in (out / "finetune" / "eval.jsonl").open()]
+    eval_lines = (out / "finetune" / "eval.jsonl").read_text().splitlines()
+    val = [json.loads(x)["val_loss"] for x in eval_lines]
     assert val and all(math.isfinite(v) for v in val)
     # ROUGE report: three metrics, each a number in [0, 100] inside its interval.
     assert set(result.rouge) == {"rouge1", "rouge2", "rougeLsum"}

@@ -323,7 +323,8 @@ def test_model_info_reports_limits_and_defaults(client, tiny_summarizer_dir):
 def test_prometheus_metrics(server, client, docs):
     client.summarize(docs[0])
     rpc_error(client.summarize, "")
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read()
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics") as response:
+        text = response.read()
     lines = text.decode().splitlines()
 
     def value(prefix: str) -> float:

@@ -161,8 +161,8 @@ def test_finetune_keeps_the_best_model_and_exports_a_loadable_one(stores, tmp_pa
     assert [h["step"] for h in history] == [20, 40]
     # Every validation is also appended to eval.jsonl (what reports plot); metrics.jsonl keeps
     # one training row per log interval.
-    assert [json.loads(x) for x in (out / "eval.jsonl").open()] == history
-    assert all("loss" in json.loads(x) for x in (out / "metrics.jsonl").open())
+    assert [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()] == history
+    assert all("loss" in json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines())
     for h in history:
         assert all(0.0 <= h[k] <= 100.0 for k in ("rouge1", "rouge2", "rougeLsum"))
     # Learned something real (the loss includes label smoothing, worth ~0.6 nats here).
@@ -434,4 +434,5 @@ def test_wall_clock_budget_stops_and_exports(stores, tmp_path):
                       "schedule.max_minutes=0.0001")  # fmt: skip
     assert result.state.step == 1  # the budget is checked after each step
     assert (tmp_path / "t" / "model" / "model.safetensors").is_file()
-    assert [json.loads(x)["step"] for x in (tmp_path / "t" / "metrics.jsonl").open()] == [1]
+    metrics = (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in metrics] == [1]
