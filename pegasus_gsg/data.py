@@ -137,7 +137,7 @@ class PretrainingDataset(_StoreDataset):
     def select(self, i: int, rng: np.random.Generator) -> list[int]:
         """Indices (ascending) of record ``i``'s gap sentences for this draw."""
         order, scores = self.store.ranking(i)
-        ranking = Ranking(order.tolist(), scores.tolist())
+        ranking = Ranking(order, scores)
         o = self.options
         if o.stochastic:
             gsr_range = o.mixed_gsr or (o.gsr, o.gsr)

@@ -71,8 +71,9 @@ class Ranking:
     - random, lead: (n − rank) / n, i.e. 1.0 for the first pick down to 1/n for the last.
     """
 
-    order: list[int]
-    scores: list[float]
+    order: Sequence[int] | np.ndarray
+    """A list, or the store's array as read (no conversion on the batch-time path)."""
+    scores: Sequence[float] | np.ndarray
 
     def __post_init__(self) -> None:
         if len(self.order) != len(self.scores):
