@@ -126,8 +126,13 @@ def gap_sentence_counts(num_sentences: np.ndarray, gsr: float) -> np.ndarray:
 
 
 def num_gap_sentences(n: int, gsr: float) -> int:
-    """`gap_sentence_counts` for one document of `n` sentences."""
-    return int(gap_sentence_counts(np.array([n]), gsr)[0])
+    """`gap_sentence_counts` for one document of `n` sentences, in plain Python: it runs once
+    per example at batch time, where numpy's per-call overhead (a few µs) would be measurable
+    (the tests pin both forms to the formula of GSG.md for every n up to 200)."""
+    if n < 0:
+        raise ValueError(f"numbers of sentences must be >= 0, got {n}")
+    check_gsr(gsr)
+    return min(int(max(n * gsr, 1.0)), n)
 
 
 def rank_sentences(

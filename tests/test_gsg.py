@@ -257,8 +257,11 @@ def test_gap_sentence_counts_is_the_formula_of_gsg_md_for_every_length() -> None
     for gsr in (0.05, 0.15, 0.3, 1 / 3, 0.45, 0.7, 1.0):
         expected = [min(int(max(n * gsr, 1.0)), n) for n in lengths.tolist()]
         assert gap_sentence_counts(lengths, gsr).tolist() == expected
+        assert [num_gap_sentences(n, gsr) for n in lengths.tolist()] == expected
     with pytest.raises(ValueError, match="must be >= 0, got -1"):
         gap_sentence_counts(np.array([3, -1]), 0.3)
+    with pytest.raises(ValueError, match="must be >= 0, got -1"):
+        num_gap_sentences(-1, 0.3)
 
 
 @pytest.mark.parametrize("gsr", [0.0, -0.1, 1.5, float("nan")])
