@@ -131,18 +131,23 @@ def _rank() -> int:
 
 
 def run_cli(main: Callable[[Sequence[str] | None], Any], prog: str) -> int:
-    """Run an entry point's `main` as a program: logging set up, errors as one line."""
+    """Run an entry point's `main` as a program: logging set up, errors as one line, exit
+    status 143 when SIGTERM stopped training (after a checkpoint)."""
     logging.basicConfig(
         level=logging.INFO if _rank() == 0 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    from pegasus_gsg.train import EXIT_STOPPED_BY_SIGNAL, TrainResult
+
     try:
-        main(None)
+        result = main(None)
     except (ValueError, FileNotFoundError) as err:
         if _rank() == 0:
             print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    if isinstance(result, TrainResult) and result.stopped_by_signal:
+        return EXIT_STOPPED_BY_SIGNAL  # a checkpoint was saved; `--resume latest` continues
     return 0

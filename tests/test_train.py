@@ -16,20 +16,13 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _helpers_train import aeslc_pairs, prepare_store, write_jsonl
+from _helpers_train import TINY_MODEL, aeslc_pairs, entry_argv, prepare_store, write_jsonl
 from conftest import read_jsonl_slice
 
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "model.d_model=32",
-    "model.encoder_layers=1",
-    "model.decoder_layers=1",
-    "model.attention_heads=2",
-    "model.ffn_dim=64",
-    "model.max_position_embeddings=256",
-    "data.max_input_len=128",
-    "data.max_target_len=32",
+    *TINY_MODEL,
     "data.max_tokens=1024",
     "schedule.warmup_steps=0",
     "checkpoint.log_with=none",
@@ -61,32 +54,14 @@ def losses(out: Path) -> list[float]:
 def finetune(stores, out: Path, *extra: str, resume: str | None = None):
     from pegasus_gsg import finetune as entry
 
-    argv = [
-        "--train",
-        str(stores["finetune"]),
-        "--tokenizer",
-        str(stores["tokenizer"]),
-        "--out",
-        str(out),
-        *TINY,
-        *extra,
-    ]
+    argv = entry_argv(stores["finetune"], stores["tokenizer"], out, *TINY, *extra)
     return entry.main(argv + (["--resume", resume] if resume else []))
 
 
 def pretrain(stores, out: Path, *extra: str, resume: str | None = None):
     from pegasus_gsg import pretrain as entry
 
-    argv = [
-        "--train",
-        str(stores["pretrain"]),
-        "--tokenizer",
-        str(stores["tokenizer"]),
-        "--out",
-        str(out),
-        *TINY,
-        *extra,
-    ]
+    argv = entry_argv(stores["pretrain"], stores["tokenizer"], out, *TINY, *extra)
     return entry.main(argv + (["--resume", resume] if resume else []))
 
 
