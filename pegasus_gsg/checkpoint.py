@@ -106,7 +106,7 @@ def replace_dir(staging: Path, final: Path) -> None:
 def atomic_file(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; once the block has written it, flush it and
     `os.replace` it onto `path` (a failure or kill inside the block leaves `path` as it was)."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")  # keeps the extension
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)

@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
         )
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(tokenizer))
-    check_vocab(model, len(tokenizer), d.tokenizer or cfg.model.init_from)
+    check_vocab(model, len(tokenizer), str(d.tokenizer or cfg.model.init_from))
     wrapped = Seq2SeqLossModel(model, label_smoothing=cfg.optim.label_smoothing)
     return train(
         cfg,

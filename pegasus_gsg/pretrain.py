@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
         val_set = PretrainingDataset(val_store, options, vocab_size=len(tokenizer), seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(tokenizer))
-    check_vocab(model, len(tokenizer), d.tokenizer or cfg.model.init_from)
+    check_vocab(model, len(tokenizer), str(d.tokenizer or cfg.model.init_from))
     wrapped = Seq2SeqLossModel(
         model, label_smoothing=cfg.optim.label_smoothing, mlm_head=d.mlm_prob > 0
     )

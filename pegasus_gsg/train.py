@@ -175,7 +175,7 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
         {"params": no_decay, "weight_decay": 0.0},
     ]
     if cfg.name == "adafactor":
-        return Adafactor(
+        return Adafactor(  # type: ignore[no-untyped-call]
             groups,
             lr=cfg.lr,
             scale_parameter=False,
@@ -197,9 +197,10 @@ def _lr_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, max_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     name = {"constant": "constant_with_warmup"}.get(cfg.schedule.decay, cfg.schedule.decay)
-    return get_scheduler(
+    scheduler: torch.optim.lr_scheduler.LRScheduler = get_scheduler(
         name, optimizer, num_warmup_steps=cfg.schedule.warmup_steps, num_training_steps=max_steps
     )
+    return scheduler
 
 
 def find_checkpoint(resume: str, out_dir: Path) -> Path | None:
@@ -239,7 +240,7 @@ def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> None:
 
 
 def _batch_stream(
-    loader: torch.utils.data.DataLoader,
+    loader: torch.utils.data.DataLoader[Any],
     sampler: TokenBudgetBatchSampler,
     dataset: TrainData,
     state: TrainState,
@@ -271,7 +272,7 @@ def _shard(n: int, accelerator: Accelerator) -> list[int]:
 @torch.no_grad()
 def validation_loss(
     model: Seq2SeqLossModel,
-    dataset: torch.utils.data.Dataset,
+    dataset: TrainData,
     cfg: TrainConfig,
     accelerator: Accelerator,
 ) -> float:
@@ -280,14 +281,17 @@ def validation_loss(
     shard = _shard(len(dataset), accelerator)
     sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     if shard:
-        subset = torch.utils.data.Subset(dataset, shard)
+        subset: torch.utils.data.Subset[Any] = torch.utils.data.Subset(
+            dataset,  # type: ignore[arg-type]  # map-style by the TrainData protocol
+            shard,
+        )
         sampler = TokenBudgetBatchSampler(
             np.asarray(dataset.lengths())[shard],
             max_tokens=cfg.data.max_tokens,
             max_batch_size=cfg.data.max_batch_size,
             shuffle=False,
         )
-        loader = torch.utils.data.DataLoader(
+        loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
             subset, batch_sampler=sampler, collate_fn=Seq2SeqCollator(PAD_ID)
         )
         for batch in loader:
@@ -309,7 +313,7 @@ def validation_loss(
 def validation_rouge(
     model: Seq2SeqLossModel,
     tokenizer: Any,
-    dataset: torch.utils.data.Dataset,
+    dataset: TrainData,
     cfg: TrainConfig,
     accelerator: Accelerator,
 ) -> dict[str, float]:
@@ -341,7 +345,7 @@ def validation_rouge(
 
 def build_loader(
     cfg: TrainConfig, train_set: TrainData, accelerator: Accelerator
-) -> tuple[TokenBudgetBatchSampler, torch.utils.data.DataLoader]:
+) -> tuple[TokenBudgetBatchSampler, torch.utils.data.DataLoader[Any]]:
     """This rank's token-budget batch sampler over `train_set`, and the DataLoader around it.
 
     Raises:
@@ -374,7 +378,7 @@ def build_loader(
             f"process, fewer than optim.grad_accum={cfg.optim.grad_accum}; add data or lower "
             "data.max_tokens"
         )
-    loader = torch.utils.data.DataLoader(
+    loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
         train_set,  # type: ignore[arg-type]  # a map-style dataset by the TrainData protocol
         batch_sampler=sampler,
         collate_fn=Seq2SeqCollator(PAD_ID),
@@ -392,7 +396,7 @@ def train(
     model: Seq2SeqLossModel,
     tokenizer: Any,
     train_set: TrainData,
-    val_set: torch.utils.data.Dataset | None = None,
+    val_set: TrainData | None = None,
     resume: str | None = None,
     profile: bool = False,
 ) -> TrainResult:
@@ -430,8 +434,9 @@ def train(
             cfg.save(tmp)
 
     sampler, loader = build_loader(cfg, train_set, accelerator)
+    epochs = cfg.schedule.epochs or 1  # the config sets exactly one of max_steps and epochs
     max_steps = cfg.schedule.max_steps or max(
-        1, cfg.schedule.epochs * sampler.batches_per_epoch // cfg.optim.grad_accum
+        1, epochs * sampler.batches_per_epoch // cfg.optim.grad_accum
     )
 
     if cfg.compile:
@@ -537,7 +542,8 @@ def train(
 
             at_end = state.step == max_steps or _past(deadline, accelerator)
             if state.step % cfg.checkpoint.log_every == 0 or at_end:
-                row = interval.flush(accelerator, state, max_steps, scheduler.get_last_lr()[0])
+                lr = float(scheduler.get_last_lr()[0])
+                row = interval.flush(accelerator, state, max_steps, lr)
                 accelerator.log(row, step=state.step)
                 if accelerator.is_main_process:
                     ckpt.append_line(metrics_file, row)
@@ -589,7 +595,7 @@ def train(
 def validate_and_keep_best(
     model: Seq2SeqLossModel,
     tokenizer: Any,
-    val_set: torch.utils.data.Dataset,
+    val_set: TrainData,
     cfg: TrainConfig,
     accelerator: Accelerator,
     state: TrainState,
@@ -687,7 +693,8 @@ class _Interval:
         )
         total = accelerator.reduce(local, reduction="sum")
         # One term per label kind (decoder GSG/summary loss, encoder MLM loss), each a mean.
-        terms = {k: float(total[i] / max(float(self.counts[i]), 1.0)) for i, k in enumerate(keys)}
+        counts = torch.as_tensor(self.counts).reshape(-1).expand(len(keys))
+        terms = {k: float(total[i] / max(float(counts[i]), 1.0)) for i, k in enumerate(keys)}
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         row = {
             "step": state.step,
