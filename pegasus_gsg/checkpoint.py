@@ -183,6 +183,9 @@ def start_checkpoint(root: Path, step: int) -> Path:
     for stale in root.glob(f"{TMP_PREFIX}*"):
         logger.warning("removing %s, a checkpoint that a killed run never finished", stale)
         shutil.rmtree(stale)
+    for stale in root.glob(f"{TRASH_PREFIX}*"):
+        logger.info("removing %s, an old checkpoint a killed run was deleting", stale)
+        shutil.rmtree(stale)
     return fresh_staging_dir(root / checkpoint_name(step))
 
 
