@@ -386,8 +386,15 @@ def build_loader(
         pin_memory=torch.cuda.is_available(),
         # Own generator: making an iterator must not draw from the global RNG (exact resume).
         generator=torch.Generator().manual_seed(cfg.seed),
+        worker_init_fn=_ignore_sigterm if cfg.data.num_workers > 0 else None,
     )
     return sampler, loader
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    """DataLoader workers outlive a SIGTERM sent to every process of the job (SLURM does that),
+    so that their rank can finish its step and save; the rank shuts them down itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def train(
