@@ -8,13 +8,12 @@ model gets the encoder MLM head of GSG.md §4 for training only. The loop is peg
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 import torch
 
 from pegasus_gsg.data import ExampleOptions, PretrainingDataset
-from pegasus_gsg.entry import load_run_tokenizer, open_store, parse_run_args, run_cli
+from pegasus_gsg.entry import exit_process, load_run_tokenizer, open_store, parse_run_args, run_cli
 from pegasus_gsg.model import Seq2SeqLossModel, build_model, check_vocab
 from pegasus_gsg.train import TrainResult, train
 
@@ -61,4 +60,4 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, "pegasus_gsg.pretrain"))
+    exit_process(run_cli(main, "pegasus_gsg.pretrain"))

@@ -113,10 +113,10 @@ def _kill_job() -> None:
 
     me = psutil.Process()
     launcher = me.parent()
-    for proc in launcher.children(recursive=True):
-        if proc.pid != me.pid:
-            proc.kill()
-    launcher.kill()
+    others = [p for p in launcher.children(recursive=True) if p.pid != me.pid]
+    launcher.kill()  # first, so that it never sees a rank die and reacts
+    for proc in others:
+        proc.kill()
     me.kill()
 
 
@@ -263,4 +263,6 @@ def _launch(audit_dir: Path, entry: str, argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    sys.exit(_launch(Path(sys.argv[1]), sys.argv[2], sys.argv[3:]))
+    from pegasus_gsg.entry import exit_process
+
+    exit_process(_launch(Path(sys.argv[1]), sys.argv[2], sys.argv[3:]))

@@ -155,6 +155,24 @@ def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_text_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1000-id tokenizer trained on real English and Chinese text (300 reuters21578_en
+    texts, 100 lcsts_clge documents, 100 thucnews_zh_1k texts), for tests that check how real
+    documents are cut into tokens (with made-up text, most Chinese characters of real documents
+    would be byte pieces)."""
+    from pegasus_gsg.tokenizer import train_tokenizer
+
+    texts = (
+        read_jsonl_slice("reuters21578_en", 300, "text")
+        + read_jsonl_slice("lcsts_clge", 100, "document")
+        + read_jsonl_slice("thucnews_zh_1k", 100, "text")
+    )
+    out = tmp_path_factory.mktemp("real_text_tokenizer")
+    train_tokenizer(texts, vocab_size=1000, out_dir=out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_summarizer_dir(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A save_pretrained dir: random-weight 1-layer PEGASUS (d_model 32) + `tiny_tokenizer_dir`.
 
