@@ -104,7 +104,18 @@ def launch(stores, out: Path, audit: Path, *extra: str, fault: str | None = None
     env.pop(FAULT_ENV, None)
     if fault:
         env[FAULT_ENV] = fault
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        import psutil
+
+        for child in psutil.Process(proc.pid).children(recursive=True):  # the ranks too
+            child.kill()
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"accelerate launch did not finish in 300 s:\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def rows(path: Path, *keys: str) -> list[tuple]:
