@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pegasus_gsg.checkpoint import atomic_file, fresh_staging_dir, replace_dir, write_text_atomic
 from pegasus_gsg.jsonl import read_jsonl
 from pegasus_gsg.pairs import dedup_pairs
 from pegasus_gsg.report import markdown_table, plot_curves, plot_rouge_bars, read_metric
@@ -205,9 +206,7 @@ def _dedup_pairs(path: Path, opts: DemoOptions, out_dir: Path) -> tuple[Path, Pa
         rows = by_split[split][:limit]
         if not rows:
             raise ValueError(f"{path}: no usable {split} pairs after deduplication")
-        p.write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
-        )
+        write_text_atomic(p, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         paths.append(p)
     return paths[0], paths[1], paths[2], dropped
 
@@ -369,7 +368,9 @@ def run_demo(opts: DemoOptions) -> DemoResult:
             f"{r['document']}\n{r['summary']}"
             for _, r in read_jsonl(train_pairs, required=("document",))
         ]
-        tok = train_tokenizer(texts + pair_texts, opts.vocab_size, tok_dir)
+        staging = fresh_staging_dir(tok_dir)
+        tok = train_tokenizer(texts + pair_texts, opts.vocab_size, staging)
+        replace_dir(staging, tok_dir)
         return f"{len(tok)} ids from {len(texts)} documents + {len(pair_texts)} training pairs"
 
     def prepare() -> str:
@@ -540,18 +541,20 @@ def write_report(result: DemoResult, opts: DemoOptions) -> Path:
     ]
     val = out / "finetune" / "eval.jsonl"
     val_curve = read_metric(val, "val_loss", "fine-tune (validation loss)")
-    plot_curves(
-        [*curves, *([val_curve] if val_curve.steps else [])],
-        out / "loss.png",
-        title="Training loss",
-        ylabel="cross-entropy per target token",
-    )
+    with atomic_file(out / "loss.png") as png:
+        plot_curves(
+            [*curves, *([val_curve] if val_curve.steps else [])],
+            png,
+            title="Training loss",
+            ylabel="cross-entropy per target token",
+        )
     lead = f"first {LEAD_WORDS} words of the email"
     bars = {
         name: {k: (v["mid"], v["low"], v["high"]) for k, v in scores.items()}
         for name, scores in (("fine-tuned model", result.rouge), (lead, result.baseline))
     }
-    plot_rouge_bars(bars, out / "rouge.png", title=f"ROUGE on held-out {opts.pairs} pairs")
+    with atomic_file(out / "rouge.png") as png:
+        plot_rouge_bars(bars, png, title=f"ROUGE on held-out {opts.pairs} pairs")
     stage_rows = [(s.name, f"{s.seconds:.0f} s", s.figure) for s in result.stages]
 
     def cell(v: dict[str, float]) -> str:
@@ -576,5 +579,5 @@ def write_report(result: DemoResult, opts: DemoOptions) -> Path:
         ]
     )
     path = out / "report.md"
-    path.write_text(text + "\n", encoding="utf-8")
+    write_text_atomic(path, text + "\n")
     return path

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pegasus_gsg.config import TrainConfig, load_config
 
@@ -131,18 +131,40 @@ def _rank() -> int:
 
 
 def run_cli(main: Callable[[Sequence[str] | None], Any], prog: str) -> int:
-    """Run an entry point's `main` as a program: logging set up, errors as one line."""
+    """Run an entry point's `main` as a program: logging set up, errors as one line, exit
+    status 143 when SIGTERM stopped training (after a checkpoint)."""
     logging.basicConfig(
         level=logging.INFO if _rank() == 0 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    from pegasus_gsg.train import EXIT_STOPPED_BY_SIGNAL, TrainResult
+
     try:
-        main(None)
+        result = main(None)
     except (ValueError, FileNotFoundError) as err:
         if _rank() == 0:
             print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    if isinstance(result, TrainResult) and result.stopped_by_signal:
+        return EXIT_STOPPED_BY_SIGNAL  # a checkpoint was saved; `--resume latest` continues
     return 0
+
+
+def exit_process(code: int) -> NoReturn:
+    """End an entry point's process with `code`.
+
+    In a multi-process run the interpreter's teardown is skipped (`os._exit`, after flushing):
+    destroying the gloo process group there can deadlock (its worker thread needs the GIL to
+    free the last barrier while the main thread holds it, joining that thread), which leaves a
+    finished rank hanging and `accelerate launch` waiting for it forever. Every file the run
+    writes is complete before this point (pegasus_gsg/checkpoint.py).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -11,13 +11,12 @@ The loop is pegasus_gsg.train, the same as pretraining.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 import torch
 
 from pegasus_gsg.data import FinetuneDataset
-from pegasus_gsg.entry import load_run_tokenizer, open_store, parse_run_args, run_cli
+from pegasus_gsg.entry import exit_process, load_run_tokenizer, open_store, parse_run_args, run_cli
 from pegasus_gsg.model import Seq2SeqLossModel, build_model, check_vocab
 from pegasus_gsg.train import TrainResult, train
 
@@ -36,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
         )
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(tokenizer))
-    check_vocab(model, len(tokenizer), d.tokenizer or cfg.model.init_from)
+    check_vocab(model, len(tokenizer), str(d.tokenizer or cfg.model.init_from))
     wrapped = Seq2SeqLossModel(model, label_smoothing=cfg.optim.label_smoothing)
     return train(
         cfg,
@@ -50,4 +49,4 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, "pegasus_gsg.finetune"))
+    exit_process(run_cli(main, "pegasus_gsg.finetune"))

@@ -19,7 +19,9 @@ Read `train` top to bottom; it is a plain PyTorch loop around an `accelerate.Acc
         every log_every: `step 120/10000 | loss 3.41 | lr 2.9e-4 | 41k tok/s | data wait 3%`
         every eval.every: validation loss (+ generation and ROUGE; the best model is exported),
                           one JSON row appended to OUT/eval.jsonl
-        every save_every: accelerator.save_state, keeping the newest `keep`
+        every save_every: a checkpoint (complete or absent, see pegasus_gsg/checkpoint.py),
+                          keeping the newest `keep`
+        on SIGTERM (all ranks agree at the next step): a checkpoint, then stop
     export the final model with save_pretrained (+ tokenizer + GenerationConfig)
 
 Why normalise over the window: with token-budget batches the number of targets per micro-batch
@@ -32,6 +34,16 @@ of (seed, epoch), so `set_epoch(epoch, start_batch=k)` gives the same next batch
 gets its own torch.Generator so creating iterators never draws from the global RNG that dropout
 uses. The resumed run therefore reproduces the uninterrupted run's losses.
 
+Killed at any instant: every file the run writes is complete or absent (checkpoints, the
+exported `model/` and `best/`, `train_state.json`), and `--resume latest` takes the newest complete
+checkpoint and cuts `metrics.jsonl`/`eval.jsonl` back to its step, so the resumed run's rows
+follow on without a duplicate or a gap (pegasus_gsg/checkpoint.py has the rules).
+
+SIGTERM (what SLURM and Kubernetes send before SIGKILL) does not kill the run: the step in
+progress finishes, a checkpoint is saved, and `train` returns with `stopped_by_signal` set (the
+entry points then exit with status 143); at most one step, one validation and one checkpoint
+after the signal. Resume with `--resume latest`.
+
 Only the main process writes files, except the per-rank RNG state files that
 `accelerator.save_state` writes into each checkpoint (`random_states_<rank>.pkl`).
 """
@@ -43,12 +55,14 @@ import json
 import logging
 import math
 import os
-import shutil
+import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -60,6 +74,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 from transformers.optimization import Adafactor
 
+from pegasus_gsg import checkpoint as ckpt
+from pegasus_gsg.checkpoint import RUN_CONFIG_FILE
 from pegasus_gsg.collate import Seq2SeqCollator
 from pegasus_gsg.config import OptimConfig, TrainConfig, describe_difference
 from pegasus_gsg.evaluate import generate, rouge_report
@@ -69,9 +85,29 @@ from pegasus_gsg.vocab import IGNORE_INDEX, PAD_ID
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "step_"
-RUN_CONFIG_FILE = "run_config.json"
-"""Written into every checkpoint: the fingerprinted config a resume must match."""
+EXIT_STOPPED_BY_SIGNAL = 128 + signal.SIGTERM
+"""Exit status of an entry point whose run stopped on SIGTERM after saving a checkpoint."""
+
+
+@runtime_checkable
+class TrainData(Protocol):
+    """What `train` needs of a training set: examples and their (input + target) lengths."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    def lengths(self) -> np.ndarray: ...
+
+
+@runtime_checkable
+class EpochTrainData(TrainData, Protocol):
+    """A training set whose examples change from epoch to epoch (GSG pretraining re-draws
+    gap sentences), with the exact lengths of each epoch's draw."""
+
+    def epoch_lengths(self, epoch: int) -> np.ndarray: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
 
 
 @dataclass
@@ -104,6 +140,8 @@ class TrainResult:
     model_dir: Path
     """The exported final model (save_pretrained)."""
     best_dir: Path | None
+    stopped_by_signal: bool = False
+    """True when SIGTERM stopped the run early (after a checkpoint; `model_dir` not written)."""
 
 
 def check_precision(cfg: TrainConfig) -> str:
@@ -166,14 +204,18 @@ def _lr_scheduler(
 
 
 def find_checkpoint(resume: str, out_dir: Path) -> Path | None:
-    """`latest` -> newest checkpoint under out_dir/checkpoints (None if there is none)."""
+    """`latest` -> newest complete checkpoint under out_dir/checkpoints (None if there is none;
+    partial ones, left by a kill during a save, are named in a warning and stepped over).
+
+    Raises:
+        FileNotFoundError: an explicit checkpoint path that does not exist.
+    """
     if resume != "latest":
         path = Path(resume)
         if not path.is_dir():
             raise FileNotFoundError(f"--resume {path}: no such checkpoint directory")
         return path
-    found = sorted((out_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"))
-    return found[-1] if found else None
+    return ckpt.latest_checkpoint(out_dir / "checkpoints")
 
 
 def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> None:
@@ -200,13 +242,13 @@ def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> None:
 def _batch_stream(
     loader: torch.utils.data.DataLoader[Any],
     sampler: TokenBudgetBatchSampler,
-    dataset: Any,
+    dataset: TrainData,
     state: TrainState,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Micro-batches forever, epoch after epoch, keeping `state`'s position up to date."""
     while True:
         sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
-        if hasattr(dataset, "set_epoch"):
+        if isinstance(dataset, EpochTrainData):
             dataset.set_epoch(state.epoch)
         for batch in loader:
             state.batch_in_epoch += 1
@@ -230,7 +272,7 @@ def _shard(n: int, accelerator: Accelerator) -> list[int]:
 @torch.no_grad()
 def validation_loss(
     model: Seq2SeqLossModel,
-    dataset: Any,
+    dataset: TrainData,
     cfg: TrainConfig,
     accelerator: Accelerator,
 ) -> float:
@@ -239,14 +281,17 @@ def validation_loss(
     shard = _shard(len(dataset), accelerator)
     sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     if shard:
-        subset = torch.utils.data.Subset(dataset, shard)
+        subset: torch.utils.data.Subset[Any] = torch.utils.data.Subset(
+            dataset,  # type: ignore[arg-type]  # map-style by the TrainData protocol
+            shard,
+        )
         sampler = TokenBudgetBatchSampler(
             np.asarray(dataset.lengths())[shard],
             max_tokens=cfg.data.max_tokens,
             max_batch_size=cfg.data.max_batch_size,
             shuffle=False,
         )
-        loader = torch.utils.data.DataLoader(
+        loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
             subset, batch_sampler=sampler, collate_fn=Seq2SeqCollator(PAD_ID)
         )
         for batch in loader:
@@ -268,7 +313,7 @@ def validation_loss(
 def validation_rouge(
     model: Seq2SeqLossModel,
     tokenizer: Any,
-    dataset: Any,
+    dataset: TrainData,
     cfg: TrainConfig,
     accelerator: Accelerator,
 ) -> dict[str, float]:
@@ -298,13 +343,67 @@ def validation_rouge(
     return {name: score.mid for name, score in report.items()}
 
 
+def build_loader(
+    cfg: TrainConfig, train_set: TrainData, accelerator: Accelerator
+) -> tuple[TokenBudgetBatchSampler, torch.utils.data.DataLoader[Any]]:
+    """This rank's token-budget batch sampler over `train_set`, and the DataLoader around it.
+
+    Raises:
+        ValueError: fewer batches per process than `optim.grad_accum`.
+    """
+    n = cfg.data.max_samples  # the sampler only ever draws indices < N
+    lengths: np.ndarray | Callable[[int], np.ndarray]
+    if isinstance(train_set, EpochTrainData):
+        # Pretraining: gap sentences (hence input lengths) may be re-drawn every epoch; exact
+        # per-epoch lengths keep batches inside the token budget (data.py, epoch_lengths).
+        def lengths(epoch: int) -> np.ndarray:
+            return np.asarray(train_set.epoch_lengths(epoch))[:n]
+    else:
+        lengths = np.asarray(train_set.lengths())[:n]
+    sampler = TokenBudgetBatchSampler(
+        lengths,
+        max_tokens=cfg.data.max_tokens,
+        max_batch_size=cfg.data.max_batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        num_replicas=accelerator.num_processes,
+        rank=accelerator.process_index,
+        # Every rank must see disjoint examples; repeating batches to even out would not be.
+        drop_last=accelerator.num_processes > 1,
+    )
+    if sampler.batches_per_epoch < cfg.optim.grad_accum:
+        raise ValueError(
+            f"data.train: {sampler.num_examples} examples give {sampler.batches_per_epoch} "
+            "batches per "
+            f"process, fewer than optim.grad_accum={cfg.optim.grad_accum}; add data or lower "
+            "data.max_tokens"
+        )
+    loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
+        train_set,  # type: ignore[arg-type]  # a map-style dataset by the TrainData protocol
+        batch_sampler=sampler,
+        collate_fn=Seq2SeqCollator(PAD_ID),
+        num_workers=cfg.data.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        # Own generator: making an iterator must not draw from the global RNG (exact resume).
+        generator=torch.Generator().manual_seed(cfg.seed),
+        worker_init_fn=_ignore_sigterm if cfg.data.num_workers > 0 else None,
+    )
+    return sampler, loader
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    """DataLoader workers outlive a SIGTERM sent to every process of the job (SLURM does that),
+    so that their rank can finish its step and save; the rank shuts them down itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def train(
     cfg: TrainConfig,
     *,
     model: Seq2SeqLossModel,
     tokenizer: Any,
-    train_set: Any,
-    val_set: Any | None = None,
+    train_set: TrainData,
+    val_set: TrainData | None = None,
     resume: str | None = None,
     profile: bool = False,
 ) -> TrainResult:
@@ -338,49 +437,16 @@ def train(
         logger.info("--resume latest: no checkpoint under %s yet; starting from step 0", out_dir)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(out_dir / "config.yaml")
+        with ckpt.atomic_file(out_dir / "config.yaml") as tmp:
+            cfg.save(tmp)
 
-    n = cfg.data.max_samples  # the sampler only ever draws indices < N
-    if hasattr(train_set, "epoch_lengths"):
-        # Pretraining: gap sentences (hence input lengths) may be re-drawn every epoch; exact
-        # per-epoch lengths keep batches inside the token budget (data.py, epoch_lengths).
-        def lengths(epoch: int) -> np.ndarray:
-            return np.asarray(train_set.epoch_lengths(epoch))[:n]
-    else:
-        lengths = np.asarray(train_set.lengths())[:n]  # type: ignore[assignment]  # array or function
-    sampler = TokenBudgetBatchSampler(
-        lengths,
-        max_tokens=cfg.data.max_tokens,
-        max_batch_size=cfg.data.max_batch_size,
-        shuffle=True,
-        seed=cfg.seed,
-        num_replicas=accelerator.num_processes,
-        rank=accelerator.process_index,
-        # Every rank must see disjoint examples; repeating batches to even out would not be.
-        drop_last=accelerator.num_processes > 1,
-    )
-    if sampler.batches_per_epoch < cfg.optim.grad_accum:
-        raise ValueError(
-            f"data.train: {sampler.num_examples} examples give {sampler.batches_per_epoch} "
-            "batches per "
-            f"process, fewer than optim.grad_accum={cfg.optim.grad_accum}; add data or lower "
-            "data.max_tokens"
-        )
-    loader = torch.utils.data.DataLoader(
-        train_set,
-        batch_sampler=sampler,
-        collate_fn=Seq2SeqCollator(PAD_ID),
-        num_workers=cfg.data.num_workers,
-        pin_memory=torch.cuda.is_available(),
-        # Own generator: making an iterator must not draw from the global RNG (exact resume).
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
+    sampler, loader = build_loader(cfg, train_set, accelerator)
+    epochs = cfg.schedule.epochs or 1  # the config sets exactly one of max_steps and epochs
     max_steps = cfg.schedule.max_steps or max(
-        1, (cfg.schedule.epochs or 0) * sampler.batches_per_epoch // cfg.optim.grad_accum
+        1, epochs * sampler.batches_per_epoch // cfg.optim.grad_accum
     )
 
     if cfg.compile:
-        # A wrapper that forwards to the module: used exactly as the module is.
         model = torch.compile(model, dynamic=True)  # type: ignore[assignment]
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = _lr_scheduler(optimizer, cfg, max_steps)
@@ -388,6 +454,8 @@ def train(
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, state)
+    metrics_file = out_dir / "metrics.jsonl"  # one row per log interval
+    eval_file = out_dir / "eval.jsonl"  # one row per validation
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         logger.info(
@@ -397,6 +465,10 @@ def train(
             state.epoch,
             state.batch_in_epoch,
         )
+    if resume and accelerator.is_main_process:
+        # Rows the killed run wrote after its checkpoint are written again from here.
+        for log in (metrics_file, eval_file):
+            ckpt.truncate_log(log, state.step)
     if cfg.checkpoint.log_with != "none":  # trackers live on the main process only
         hparams = {
             k: v if isinstance(v, (int, float, str, bool)) else str(v)
@@ -407,10 +479,9 @@ def train(
     unwrapped: Seq2SeqLossModel = accelerator.unwrap_model(model)
     gen = generation_config(cfg.eval)
     best_dir = out_dir / "best" if val_set is not None else None
-    metrics_file = out_dir / "metrics.jsonl"  # one row per log interval
-    eval_file = out_dir / "eval.jsonl"  # one row per validation
     batches = _batch_stream(loader, sampler, train_set, state)
     profiler = _profiler(out_dir) if profile and accelerator.is_main_process else None
+    saved_step = state.step if checkpoint is not None else None
 
     # --- loop --------------------------------------------------------------------------------
     model.train()
@@ -425,11 +496,14 @@ def train(
         unit="step" if budget_s is None else "s",
         disable=not accelerator.is_local_main_process,
     )
-    with logging_redirect_tqdm(), profiler or contextlib.nullcontext():
+    stop = _StopOnSigterm()
+    with logging_redirect_tqdm(), profiler or contextlib.nullcontext(), stop:
         started = time.monotonic()
         deadline = started + (budget_s if budget_s is not None else math.inf)
         at_end = state.step >= max_steps
         while not at_end:
+            if stop.agreed(accelerator):
+                break
             t0 = time.perf_counter()
             window = [next(batches) for _ in range(cfg.optim.grad_accum)]
             interval.data_wait += time.perf_counter() - t0
@@ -475,55 +549,127 @@ def train(
 
             at_end = state.step == max_steps or _past(deadline, accelerator)
             if state.step % cfg.checkpoint.log_every == 0 or at_end:
-                row = interval.flush(
-                    accelerator, state, max_steps, float(scheduler.get_last_lr()[0])
-                )
+                lr = float(scheduler.get_last_lr()[0])
+                row = interval.flush(accelerator, state, max_steps, lr)
                 accelerator.log(row, step=state.step)
                 if accelerator.is_main_process:
-                    with metrics_file.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    ckpt.append_line(metrics_file, row)
             if val_set is not None and (
                 at_end or (cfg.eval.every and state.step % cfg.eval.every == 0)
             ):
-                result = {
-                    "step": state.step,
-                    "val_loss": validation_loss(unwrapped, val_set, cfg, accelerator),
-                }
-                if cfg.eval.generate_samples:
-                    result.update(validation_rouge(unwrapped, tokenizer, val_set, cfg, accelerator))
-                # Higher is better: ROUGE-Lsum when generating, else minus the loss.
-                metric = result.get("rougeLsum", -result["val_loss"])
-                state.history.append(result)
-                if accelerator.is_main_process:
-                    with eval_file.open("a") as f:
-                        f.write(json.dumps(result) + "\n")
-                accelerator.log(
-                    {f"val/{k}": v for k, v in result.items() if k != "step"}, step=state.step
+                assert best_dir is not None
+                validate_and_keep_best(
+                    unwrapped, tokenizer, val_set, cfg, accelerator, state, eval_file, best_dir
                 )
-                logger.info(
-                    "eval step %d | %s",
-                    state.step,
-                    " | ".join(f"{k} {v:.4g}" for k, v in result.items() if k != "step"),
-                )
-                if state.best_metric is None or metric > state.best_metric:
-                    state.best_metric = metric
-                    if accelerator.is_main_process and best_dir is not None:
-                        export(unwrapped.model, tokenizer, best_dir, gen)
-                        (best_dir / "eval.json").write_text(json.dumps(result, indent=2))
             if cfg.checkpoint.save_every and (state.step % cfg.checkpoint.save_every == 0):
-                _save_checkpoint(accelerator, cfg, out_dir, state.step)
+                save_checkpoint(accelerator, cfg, out_dir, state.step)
+                saved_step = state.step
     progress.close()
+
+    # --- stopped by SIGTERM: a checkpoint to resume from, then return ------------------------
+    if stop.requested:
+        if saved_step != state.step and state.step > 0:
+            save_checkpoint(accelerator, cfg, out_dir, state.step)
+        logger.warning(
+            "stopped by SIGTERM at step %d/%d; continue with --resume latest", state.step, max_steps
+        )
+        accelerator.end_training()
+        return TrainResult(
+            model=unwrapped.model,
+            state=state,
+            out_dir=out_dir,
+            model_dir=out_dir / "model",
+            best_dir=best_dir,
+            stopped_by_signal=True,
+        )
 
     # --- export ------------------------------------------------------------------------------
     model_dir = out_dir / "model"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        export(unwrapped.model, tokenizer, model_dir, gen)
-        (out_dir / "train_state.json").write_text(json.dumps(state.state_dict(), indent=2))
+        staging = ckpt.fresh_staging_dir(model_dir)
+        export(unwrapped.model, tokenizer, staging, gen)
+        ckpt.replace_dir(staging, model_dir)
+        ckpt.write_text_atomic(
+            out_dir / "train_state.json", json.dumps(state.state_dict(), indent=2)
+        )
     accelerator.end_training()
     return TrainResult(
         model=unwrapped.model, state=state, out_dir=out_dir, model_dir=model_dir, best_dir=best_dir
     )
+
+
+def validate_and_keep_best(
+    model: Seq2SeqLossModel,
+    tokenizer: Any,
+    val_set: TrainData,
+    cfg: TrainConfig,
+    accelerator: Accelerator,
+    state: TrainState,
+    eval_file: Path,
+    best_dir: Path,
+) -> dict[str, float]:
+    """Validation loss (+ ROUGE with `eval.generate_samples`), logged and appended to
+    `eval_file`; a new best (ROUGE-Lsum when generating, else minus the loss) is exported to
+    `best_dir` (with its `eval.json`)."""
+    result: dict[str, float] = {
+        "step": state.step,
+        "val_loss": validation_loss(model, val_set, cfg, accelerator),
+    }
+    if cfg.eval.generate_samples:
+        result.update(validation_rouge(model, tokenizer, val_set, cfg, accelerator))
+    # Higher is better: ROUGE-Lsum when generating, else minus the loss.
+    metric = result.get("rougeLsum", -result["val_loss"])
+    state.history.append(result)
+    if accelerator.is_main_process:
+        ckpt.append_line(eval_file, result)
+    accelerator.log({f"val/{k}": v for k, v in result.items() if k != "step"}, step=state.step)
+    logger.info(
+        "eval step %d | %s",
+        state.step,
+        " | ".join(f"{k} {v:.4g}" for k, v in result.items() if k != "step"),
+    )
+    if state.best_metric is None or metric > state.best_metric:
+        state.best_metric = metric
+        if accelerator.is_main_process:
+            staging = ckpt.fresh_staging_dir(best_dir)
+            export(model.model, tokenizer, staging, generation_config(cfg.eval))
+            (staging / "eval.json").write_text(json.dumps(result, indent=2))
+            ckpt.replace_dir(staging, best_dir)
+    return result
+
+
+class _StopOnSigterm:
+    """While entered (on the main thread), SIGTERM only sets `requested`; `agreed` tells every
+    rank, at the same step, whether any rank got it (one tiny all-reduce per step)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self.requested:
+            logger.warning("SIGTERM: finishing this step, saving a checkpoint, then stopping")
+        self.requested = True
+
+    def __enter__(self) -> _StopOnSigterm:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._installed = False
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        flag = torch.tensor(float(self.requested), device=accelerator.device)
+        if accelerator.num_processes > 1:
+            flag = accelerator.reduce(flag, reduction="sum")
+        self.requested = bool(flag > 0)
+        return self.requested
 
 
 class _Interval:
@@ -554,7 +700,7 @@ class _Interval:
         )
         total = accelerator.reduce(local, reduction="sum")
         # One term per label kind (decoder GSG/summary loss, encoder MLM loss), each a mean.
-        counts = torch.as_tensor(self.counts, dtype=torch.float64).expand(len(keys))
+        counts = torch.as_tensor(self.counts).reshape(-1).expand(len(keys))
         terms = {k: float(total[i] / max(float(counts[i]), 1.0)) for i, k in enumerate(keys)}
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         row = {
@@ -590,16 +736,23 @@ def _past(deadline: float, accelerator: Accelerator) -> bool:
     return bool(late > 0)
 
 
-def _save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, out_dir: Path, step: int) -> None:
+def save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, out_dir: Path, step: int) -> Path:
+    """Every rank saves into a staging directory; once all have, the main process writes the
+    run config and renames it to `checkpoints/step_NNNNNNNN`, then prunes to the newest
+    `checkpoint.keep` (pegasus_gsg/checkpoint.py)."""
     root = out_dir / "checkpoints"
-    path = root / f"{CHECKPOINT_PREFIX}{step:08d}"
-    accelerator.save_state(str(path))
+    staging = ckpt.staging_dir(root / ckpt.checkpoint_name(step))
     if accelerator.is_main_process:
-        (path / RUN_CONFIG_FILE).write_text(json.dumps(cfg.fingerprint_dict(), sort_keys=True))
-        for old in sorted(root.glob(f"{CHECKPOINT_PREFIX}*"))[: -cfg.checkpoint.keep]:
-            shutil.rmtree(old)
-        logger.info("saved checkpoint %s", path)
+        ckpt.start_checkpoint(root, step)
     accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()  # every rank's files are in staging
+    final = root / ckpt.checkpoint_name(step)
+    if accelerator.is_main_process:
+        ckpt.publish_checkpoint(staging, cfg.fingerprint_dict(), cfg.checkpoint.keep)
+        logger.info("saved checkpoint %s", final)
+    accelerator.wait_for_everyone()
+    return final
 
 
 def _profiler(out_dir: Path) -> torch.profiler.profile:

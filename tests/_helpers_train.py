@@ -1,13 +1,18 @@
 """Helpers for the training tests: small real stores, and an instrumented training launcher.
 
-As a script it is what the 2-process test launches with `accelerate launch`:
+As a script it is what the 2-process tests launch with `accelerate launch`, exactly as users
+run an entry point (one shared `--out`):
 
     accelerate launch --multi_gpu --num_processes 2 tests/_helpers_train.py AUDIT_DIR \\
-        finetune --config ... --out BASE ...
+        finetune --config ... --out OUT ...
 
-Each rank trains with `out_dir=BASE/rank<N>`, so whatever a rank writes lands in its own tree
-and the test can see exactly which process wrote what. It also records the dataset indices the
-rank loaded and a digest of its final parameters in `AUDIT_DIR/rank<N>.json`.
+Each rank records the dataset indices it loaded (per store) and a digest of its final parameters in
+`AUDIT_DIR/rank<N>.json`.
+
+Fault injection lives here, in the test seam, never in the library: `PEGASUS_TEST_FAULT`
+(read only by this script) names an instant, and the script patches the library function that
+reaches it so that, there, the whole job (the launcher and every rank) is SIGKILLed, or the
+launcher is sent SIGTERM as a scheduler would. See `FAULTS` and `_arm`.
 """
 
 from __future__ import annotations
@@ -15,18 +20,51 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PEGASUS_GSG_DATA", REPO.parent / "shared" / "data"))
+FAULT_ENV = "PEGASUS_TEST_FAULT"
+TINY_MODEL = [
+    "model.d_model=32",
+    "model.encoder_layers=1",
+    "model.decoder_layers=1",
+    "model.attention_heads=2",
+    "model.ffn_dim=64",
+    "model.max_position_embeddings=256",
+    "data.max_input_len=128",
+    "data.max_target_len=32",
+]
+"""Overrides for a ~0.1M-parameter PEGASUS that trains in milliseconds per step on a CPU."""
+
+FAULTS = {
+    "after_step": "SIGKILL right after optimizer step N (before its log row, eval and save)",
+    "torn_metrics": "SIGKILL halfway through writing the metrics row of step N",
+    "after_eval_row": "SIGKILL right after the eval.jsonl row of step N",
+    "in_best_export": "SIGKILL after best/ of step N is written to staging, before the swap",
+    "after_rank_save": "SIGKILL once rank R has saved its part of checkpoint N (others not)",
+    "before_publish": "SIGKILL with checkpoint N complete in staging, before the rename",
+    "in_prune": "SIGKILL while pruning after checkpoint N (old one renamed, not deleted)",
+    "in_export": "SIGKILL with the final model/ in staging, before the swap",
+    "sigterm": "SIGTERM to the launcher right after optimizer step N (mid-step)",
+}
+"""Fault kinds for `PEGASUS_TEST_FAULT=KIND:N[:RANK]` (RANK defaults to 0)."""
 
 
 def aeslc_pairs(limit: int, split: str = "train", skip: int = 0) -> list[dict]:
     """First `limit` AESLC pairs of `split` with distinct email bodies (after `skip` of them)."""
+    from conftest import missing_data, skip_or_fail
+
+    path = SHARED_DATA / "aeslc" / "data.jsonl"
+    if not path.is_file():
+        skip_or_fail(missing_data(path))
     seen: set[str] = set()
     out: list[dict] = []
-    with (SHARED_DATA / "aeslc" / "data.jsonl").open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8") as f:
         for line in f:
             record = json.loads(line)
             if record["split"] != split or record["document"] in seen:
@@ -37,6 +75,11 @@ def aeslc_pairs(limit: int, split: str = "train", skip: int = 0) -> list[dict]:
             if len(out) >= limit:
                 break
     return out
+
+
+def entry_argv(train: Path, tokenizer: Path, out: Path, *extra: str) -> list[str]:
+    """Arguments of `pegasus_gsg.finetune` / `.pretrain` for one store, tokenizer and --out."""
+    return ["--train", str(train), "--tokenizer", str(tokenizer), "--out", str(out), *extra]
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -52,7 +95,7 @@ def prepare_store(kind: str, input_file: Path, tokenizer_dir: Path, out: Path) -
     return out
 
 
-def param_digest(model) -> str:
+def param_digest(model: Any) -> str:
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
@@ -60,36 +103,166 @@ def param_digest(model) -> str:
     return h.hexdigest()
 
 
-def _launch(audit_dir: Path, entry: str, argv: list[str]) -> None:
+# --- fault injection (this script only) ----------------------------------------------------
+
+
+def _kill_job() -> None:
+    """SIGKILL the launcher and every process it started, this one last: the whole job dies at
+    this instant, as when a node is lost or the OOM killer strikes."""
+    import psutil
+
+    me = psutil.Process()
+    launcher = me.parent()
+    others = [p for p in launcher.children(recursive=True) if p.pid != me.pid]
+    launcher.kill()  # first, so that it never sees a rank die and reacts
+    for proc in others:
+        proc.kill()
+    me.kill()
+
+
+def _sigterm_launcher_and_wait() -> None:
+    """Send SIGTERM to the launcher, which forwards it to every rank, and wait until this rank
+    has it: the run is then certainly told to stop within this step, on every rank (they agree
+    on it before the next one)."""
+    import time
+
+    got: list[int] = []
+    handler = signal.getsignal(signal.SIGTERM)  # the one train() installed
+    assert callable(handler)
+
+    def recording(signum: int, frame: Any) -> None:
+        got.append(signum)
+        handler(signum, frame)
+
+    signal.signal(signal.SIGTERM, recording)
+    os.kill(os.getppid(), signal.SIGTERM)
+    deadline = time.monotonic() + 120
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _wrap(owner: Any, name: str, around: Callable[..., Any]) -> None:
+    original = getattr(owner, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return around(original, *args, **kwargs)
+
+    setattr(owner, name, wrapper)
+
+
+def _arm(spec: str, rank: int) -> None:
+    """Patch the library so that the fault `spec` (`KIND:N[:RANK]`) happens on `rank`."""
+    import torch
+
+    from pegasus_gsg import checkpoint as ckpt
+    from pegasus_gsg import train
+
+    kind, step_text, *rest = spec.split(":")
+    step, fault_rank = int(step_text), int(rest[0]) if rest else 0
+    if kind not in FAULTS:
+        raise ValueError(f"{FAULT_ENV}={spec}: unknown fault {kind!r}; one of {sorted(FAULTS)}")
+    if rank != fault_rank:
+        return
+    at = {"step": -1}  # the optimizer step the run is at, from the scheduler
+
+    def scheduler_step(original: Callable[..., Any], self: Any, *a: Any, **k: Any) -> Any:
+        out = original(self, *a, **k)
+        at["step"] = self.last_epoch
+        if self.last_epoch == step and kind == "after_step":
+            _kill_job()
+        if self.last_epoch == step and kind == "sigterm":
+            _sigterm_launcher_and_wait()
+        return out
+
+    _wrap(torch.optim.lr_scheduler.LambdaLR, "step", scheduler_step)
+
+    def append_line(original: Callable[..., Any], path: Path, row: dict) -> Any:
+        if row.get("step") == step and path.name == "metrics.jsonl" and kind == "torn_metrics":
+            data = (json.dumps(row) + "\n").encode()
+            with path.open("ab") as f:
+                f.write(data[: len(data) // 2])
+            _kill_job()
+        out = original(path, row)
+        if row.get("step") == step and path.name == "eval.jsonl" and kind == "after_eval_row":
+            _kill_job()
+        return out
+
+    _wrap(ckpt, "append_line", append_line)
+
+    def replace_dir(original: Callable[..., Any], staging: Path, final: Path) -> Any:
+        if at["step"] == step and (
+            (kind == "in_best_export" and final.name == "best")
+            or (kind == "in_export" and final.name == "model")
+            or (kind == "before_publish" and final.name == ckpt.checkpoint_name(step))
+        ):
+            _kill_job()
+        return original(staging, final)
+
+    _wrap(ckpt, "replace_dir", replace_dir)
+
+    def remove_tree(original: Callable[..., Any], path: Path) -> Any:
+        if kind == "in_prune" and at["step"] == step and path.name.startswith("step_"):
+            os.rename(path, path.with_name(ckpt.TRASH_PREFIX + path.name))
+            _kill_job()
+        return original(path)
+
+    _wrap(ckpt, "remove_tree", remove_tree)
+
+    def save_state(original: Callable[..., Any], self: Any, *a: Any, **k: Any) -> Any:
+        out = original(self, *a, **k)
+        if kind == "after_rank_save" and at["step"] == step:
+            _kill_job()
+        return out
+
+    from accelerate import Accelerator
+
+    _wrap(Accelerator, "save_state", save_state)
+    assert train.ckpt is ckpt  # train.py calls these through the module, so patches apply
+
+
+def _launch(audit_dir: Path, entry: str, argv: list[str]) -> int:
     import importlib
 
     from pegasus_gsg import data
+    from pegasus_gsg.entry import run_cli
 
     rank = int(os.environ.get("RANK", "0"))
-    seen: list[int] = []
+    if os.environ.get(FAULT_ENV):
+        _arm(os.environ[FAULT_ENV], rank)
+    seen: dict[str, list[int]] = {}  # store path -> indices loaded from it
     for cls in (data.FinetuneDataset, data.PretrainingDataset):
         original = cls.__getitem__
 
         def recording(self, i, _original=original):
-            seen.append(int(i))
+            seen.setdefault(str(self.store.path), []).append(int(i))
             return _original(self, i)
 
         cls.__getitem__ = recording
-    out_index = argv.index("--out")
-    argv[out_index + 1] = str(Path(argv[out_index + 1]) / f"rank{rank}")
     module = importlib.import_module(f"pegasus_gsg.{entry}")
-    result = module.main(argv)
-    audit_dir.mkdir(parents=True, exist_ok=True)
-    (audit_dir / f"rank{rank}.json").write_text(
-        json.dumps(
-            {
-                "indices": seen,
-                "digest": param_digest(result.model),
-                "steps": result.state.step,
-            }
+    results = []
+
+    def main(_: Any) -> Any:
+        results.append(module.main(argv))
+        return results[-1]
+
+    code = run_cli(main, f"pegasus_gsg.{entry}")
+    if results:
+        audit_dir.mkdir(parents=True, exist_ok=True)
+        (audit_dir / f"rank{rank}.json").write_text(
+            json.dumps(
+                {
+                    "indices": seen,
+                    "digest": param_digest(results[0].model),
+                    "steps": results[0].state.step,
+                    "exit": code,
+                }
+            )
         )
-    )
+    return code
 
 
 if __name__ == "__main__":
-    _launch(Path(sys.argv[1]), sys.argv[2], sys.argv[3:])
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from pegasus_gsg.entry import exit_process
+
+    exit_process(_launch(Path(sys.argv[1]), sys.argv[2], sys.argv[3:]))

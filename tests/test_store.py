@@ -36,8 +36,8 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tok(tiny_tokenizer_dir: Path):
-    return load_tokenizer(tiny_tokenizer_dir)
+def tok(real_text_tokenizer_dir: Path):
+    return load_tokenizer(real_text_tokenizer_dir)
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +49,18 @@ def docs() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def pretrain_store(tmp_path_factory, tiny_tokenizer_dir: Path, docs: list[str]) -> Path:
+def pretrain_store(tmp_path_factory, real_text_tokenizer_dir: Path, docs: list[str]) -> Path:
     tmp = tmp_path_factory.mktemp("store_pt")
     source = write_jsonl(tmp / "docs.jsonl", [{"text": d} for d in docs])
-    prepare([str(source)], tiny_tokenizer_dir, tmp / "store", PrepareConfig(kind="pretrain"))
+    prepare([str(source)], real_text_tokenizer_dir, tmp / "store", PrepareConfig(kind="pretrain"))
     return tmp / "store"
 
 
 @pytest.fixture(scope="module")
-def finetune_store(tmp_path_factory, tiny_tokenizer_dir: Path) -> Path:
+def finetune_store(tmp_path_factory, real_text_tokenizer_dir: Path) -> Path:
     tmp = tmp_path_factory.mktemp("store_ft")
     source = write_jsonl(tmp / "pairs.jsonl", read_jsonl_slice("lcsts_clge", 30))
-    prepare([str(source)], tiny_tokenizer_dir, tmp / "store", PrepareConfig(kind="finetune"))
+    prepare([str(source)], real_text_tokenizer_dir, tmp / "store", PrepareConfig(kind="finetune"))
     return tmp / "store"
 
 

@@ -16,20 +16,13 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _helpers_train import aeslc_pairs, prepare_store, write_jsonl
+from _helpers_train import TINY_MODEL, aeslc_pairs, entry_argv, prepare_store, write_jsonl
 from conftest import read_jsonl_slice
 
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "model.d_model=32",
-    "model.encoder_layers=1",
-    "model.decoder_layers=1",
-    "model.attention_heads=2",
-    "model.ffn_dim=64",
-    "model.max_position_embeddings=256",
-    "data.max_input_len=128",
-    "data.max_target_len=32",
+    *TINY_MODEL,
     "data.max_tokens=1024",
     "schedule.warmup_steps=0",
     "checkpoint.log_with=none",
@@ -61,32 +54,14 @@ def losses(out: Path) -> list[float]:
 def finetune(stores, out: Path, *extra: str, resume: str | None = None):
     from pegasus_gsg import finetune as entry
 
-    argv = [
-        "--train",
-        str(stores["finetune"]),
-        "--tokenizer",
-        str(stores["tokenizer"]),
-        "--out",
-        str(out),
-        *TINY,
-        *extra,
-    ]
+    argv = entry_argv(stores["finetune"], stores["tokenizer"], out, *TINY, *extra)
     return entry.main(argv + (["--resume", resume] if resume else []))
 
 
 def pretrain(stores, out: Path, *extra: str, resume: str | None = None):
     from pegasus_gsg import pretrain as entry
 
-    argv = [
-        "--train",
-        str(stores["pretrain"]),
-        "--tokenizer",
-        str(stores["tokenizer"]),
-        "--out",
-        str(out),
-        *TINY,
-        *extra,
-    ]
+    argv = entry_argv(stores["pretrain"], stores["tokenizer"], out, *TINY, *extra)
     return entry.main(argv + (["--resume", resume] if resume else []))
 
 
@@ -436,3 +411,54 @@ def test_wall_clock_budget_stops_and_exports(stores, tmp_path):
     assert (tmp_path / "t" / "model" / "model.safetensors").is_file()
     metrics = (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in metrics] == [1]
+
+
+def test_resume_latest_steps_over_a_partial_checkpoint_and_cuts_the_logs(stores, tmp_path, caplog):
+    """The state a kill inside a save used to leave: `step_N` without its run config (an older
+    trainer saved in place), a staging directory, rows after the checkpoint and a torn line."""
+    common = ("schedule.max_steps=6", "checkpoint.save_every=2", "checkpoint.keep=3")
+    finetune(stores, tmp_path / "straight", *common)
+    out = tmp_path / "killed"
+    shutil.copytree(tmp_path / "straight", out)
+    shutil.rmtree(out / "model")
+    (out / "checkpoints" / "step_00000006" / "run_config.json").unlink()
+    shutil.copytree(
+        out / "checkpoints" / "step_00000004", out / "checkpoints" / ".tmp-step_00000008"
+    )
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 7, "loss": 1.0}\n{"step": 8, "lo')
+    with caplog.at_level("WARNING", logger="pegasus_gsg.checkpoint"):
+        result = finetune(stores, out, *common, resume="latest")
+    warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert "skipping " + str(out / "checkpoints" / "step_00000006") in warnings
+    assert ".tmp-step_00000008" in warnings
+    assert result.state.step == 6
+    assert losses(out) == losses(tmp_path / "straight")  # steps 5, 6 again; 7 and torn 8 gone
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["step_00000002", "step_00000004", "step_00000006"]
+    assert (out / "checkpoints" / "step_00000006" / "run_config.json").is_file()
+    assert (out / "model" / "model.safetensors").read_bytes() == (
+        tmp_path / "straight" / "model" / "model.safetensors"
+    ).read_bytes()
+
+
+def test_truncate_log_refuses_a_file_it_did_not_write(tmp_path):
+    from pegasus_gsg.checkpoint import truncate_log
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3')
+    assert truncate_log(log, 1) == 2
+    assert log.read_text() == '{"step": 1}\n'
+    assert truncate_log(log, 5) == 0 and truncate_log(tmp_path / "absent.jsonl", 0) == 0
+    log.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: expected a JSON object with a 'step'"):
+        truncate_log(log, 1)
+    assert log.read_text() == '{"step": 1}\nnot json\n{"step": 3}\n'  # left as it was

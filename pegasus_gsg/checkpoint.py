@@ -1,0 +1,244 @@
+"""Files a training run leaves are complete or absent, whenever the run is killed.
+
+A job on a shared cluster or a spot machine can be killed at any instant (preemption, the OOM
+killer, a time limit), including in the middle of writing a checkpoint. The rules, all here:
+
+- A checkpoint is written into `checkpoints/.tmp-step_NNNNNNNN` (by every rank) and renamed to
+  `checkpoints/step_NNNNNNNN` only after every rank's files and `run_config.json` are written
+  and flushed to disk. A rename within one directory is atomic, so a `step_*` directory with
+  `run_config.json` is always complete; anything else is partial and stepped over (and named
+  in a warning) by `latest_checkpoint`.
+- Old checkpoints are pruned only after the new one is in place, and each is first renamed to
+  `.trash-*` so that a kill during the deletion never leaves a half-deleted `step_*` behind.
+- Whole output directories (the exported `model/`, `best/`) are written under a temporary name
+  and swapped into place (`replace_dir`); single files (`train_state.json`, reports) are written
+  to a temporary file and `os.replace`d (`write_text_atomic`).
+- Logs (`metrics.jsonl`, `eval.jsonl`) are appended one whole line per `write` call. On resume
+  they are cut back to the rows up to the checkpoint's step (`truncate_log`), which drops a
+  torn last line and the rows the killed run wrote after its last checkpoint, so the resumed
+  run's rows follow without gaps or duplicates.
+
+Only the main process calls these, except that every rank writes its own files into the
+staging directory (accelerate's `save_state`) between `start_checkpoint` and
+`publish_checkpoint`, with a barrier on each side.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pegasus_gsg.store import fsync_dir
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "step_"
+RUN_CONFIG_FILE = "run_config.json"
+"""Written into every checkpoint, last: the fingerprinted config a resume must match."""
+TMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+_CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d{{8}})$")
+
+
+def checkpoint_name(step: int) -> str:
+    """`step_00000042` for step 42 (names sort in step order)."""
+    return f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file under `root`, then the directories, to disk."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(Path(dirpath) / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory so that a kill midway never leaves a partial copy under its name."""
+    if not path.exists():
+        return
+    trash = path.with_name(f"{TRASH_PREFIX}{path.name}")
+    if trash.exists():
+        shutil.rmtree(trash)
+    os.rename(path, trash)
+    shutil.rmtree(trash)
+
+
+def staging_dir(final: Path) -> Path:
+    """Where `final` is written before it is complete (same directory, so rename is atomic)."""
+    return final.with_name(f"{TMP_PREFIX}{final.name}")
+
+
+def fresh_staging_dir(final: Path) -> Path:
+    """An empty staging directory for `final` (a stale one from a killed run is removed)."""
+    staging = staging_dir(final)
+    if staging.exists():
+        logger.warning("removing %s, left by a run killed while writing it", staging)
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def replace_dir(staging: Path, final: Path) -> None:
+    """Move the complete directory `staging` to `final`, replacing what was there.
+
+    Between the two renames `final` is briefly absent, never partial.
+    """
+    _fsync_tree(staging)
+    if final.exists():
+        remove_tree(final)
+    os.rename(staging, final)
+    fsync_dir(final.parent)
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; once the block has written it, flush it and
+    `os.replace` it onto `path` (a failure or kill inside the block leaves `path` as it was)."""
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")  # keeps the extension
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `path` completely or not at all (temporary file, fsync, `os.replace`)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def append_line(path: Path, row: dict[str, Any]) -> None:
+    """Append `row` as one JSON line with a single `write` (a kill leaves it whole or torn
+    at the end, where `truncate_log` finds it)."""
+    data = (json.dumps(row) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def truncate_log(path: Path, last_step: int) -> int:
+    """Keep the whole rows of the JSON Lines log `path` with `step <= last_step`; return how
+    many lines were dropped (the rewrite is atomic; a missing file drops nothing).
+
+    Rows after `last_step` were written by a run killed after its last checkpoint; the resumed
+    run writes them again. A last line without its newline is a torn write.
+
+    Raises:
+        ValueError: a line before the last that is not a JSON object with a `step` (the file
+            was not written by this trainer; it is left as it is).
+    """
+    if not path.is_file():
+        return 0
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with a newline
+    kept: list[bytes] = []
+    for n, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+            step = int(row["step"])
+        except (ValueError, TypeError, KeyError):
+            raise ValueError(
+                f"{path}:{n}: expected a JSON object with a 'step' (a row this trainer "
+                f"wrote), got {line[:60]!r}; move the file away to resume"
+            ) from None
+        if step <= last_step:
+            kept.append(line)
+    dropped = len(lines) - len(kept) + (1 if torn else 0)
+    if dropped:
+        write_text_atomic(path, "".join(line.decode("utf-8") + "\n" for line in kept))
+        logger.info(
+            "%s: dropped %d row(s) after step %d (written after the last checkpoint)",
+            path,
+            dropped,
+            last_step,
+        )
+    return dropped
+
+
+def start_checkpoint(root: Path, step: int) -> Path:
+    """Main process, before every rank saves: the empty staging directory for `step`."""
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(f"{TMP_PREFIX}*"):
+        logger.warning("removing %s, a checkpoint that a killed run never finished", stale)
+        shutil.rmtree(stale)
+    for stale in root.glob(f"{TRASH_PREFIX}*"):
+        logger.info("removing %s, an old checkpoint a killed run was deleting", stale)
+        shutil.rmtree(stale)
+    return fresh_staging_dir(root / checkpoint_name(step))
+
+
+def publish_checkpoint(staging: Path, run_config: dict[str, Any], keep: int) -> Path:
+    """Main process, after every rank saved into `staging`: write the run config, rename the
+    checkpoint into place, then prune to the newest `keep` complete checkpoints."""
+    (staging / RUN_CONFIG_FILE).write_text(json.dumps(run_config, sort_keys=True))
+    final = staging.with_name(staging.name.removeprefix(TMP_PREFIX))
+    replace_dir(staging, final)
+    complete = complete_checkpoints(final.parent, warn=False)
+    for old in complete[:-keep] if keep > 0 else []:
+        remove_tree(old)
+    # Partial step_* directories (written by an older trainer that saved in place) are useless
+    # once a complete checkpoint follows them.
+    for partial in _partial_checkpoints(final.parent):
+        if partial.name < final.name:
+            logger.warning("removing partial checkpoint %s", partial)
+            remove_tree(partial)
+    return final
+
+
+def _is_complete(path: Path) -> bool:
+    return (path / RUN_CONFIG_FILE).is_file()
+
+
+def _checkpoint_dirs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if _CHECKPOINT_NAME.match(p.name) and p.is_dir())
+
+
+def _partial_checkpoints(root: Path) -> list[Path]:
+    return [p for p in _checkpoint_dirs(root) if not _is_complete(p)]
+
+
+def complete_checkpoints(root: Path, *, warn: bool = True) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first; with `warn`, partial ones are named."""
+    found = _checkpoint_dirs(root)
+    if warn:
+        for path in found:
+            if not _is_complete(path):
+                logger.warning(
+                    "skipping %s: no %s, so it is a partial checkpoint (the run was killed "
+                    "while writing it)",
+                    path,
+                    RUN_CONFIG_FILE,
+                )
+        for path in sorted(root.glob(f"{TMP_PREFIX}*")) if root.is_dir() else []:
+            logger.warning("skipping %s: a checkpoint the run was killed before finishing", path)
+    return [p for p in found if _is_complete(p)]
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint under `root`, stepping over partial ones (named)."""
+    complete = complete_checkpoints(root)
+    return complete[-1] if complete else None
