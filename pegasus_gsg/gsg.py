@@ -106,6 +106,13 @@ def num_gap_sentences(n: int, gsr: float) -> int:
     return min(int(max(n * gsr, 1.0)), n)
 
 
+def num_gap_sentences_array(n: np.ndarray, gsr: float) -> np.ndarray:
+    """`num_gap_sentences` over an array of sentence counts (int64), the same formula."""
+    check_gsr(gsr)
+    counts = np.asarray(n, dtype=np.int64)
+    return np.minimum(np.maximum(counts * gsr, 1.0).astype(np.int64), counts)
+
+
 def rank_sentences(
     sentences: Sequence[str],
     strategy: str,

@@ -340,3 +340,43 @@ def iter_texts(
                     )
                 if value.strip():
                     yield value
+
+
+def iter_unit_rows(path: str, fmt: str, lo: int, hi: int, first_index: int) -> Iterator[Row]:
+    """Rows [lo, hi) of one input file (a store-set unit), numbered from `first_index`.
+
+    Reads only this file; JSON Lines are streamed (rows before `lo` are skipped unparsed), other
+    formats are loaded with `datasets` and sliced.
+
+    Raises:
+        FileNotFoundError: the file disappeared since the job listed it.
+        ValueError: the file now has fewer rows than when the job listed it.
+    """
+    where = Path(path)
+    if not where.exists():
+        raise FileNotFoundError(
+            f"input {where} disappeared while the job was running (it was listed with at least "
+            f"{hi} rows); restore it and rerun, or rerun without it"
+        )
+    count = 0
+    if fmt == "jsonl":
+        source = Source(where, fmt, hi, "")
+        for index, location, raw in _jsonl_rows(source, 0):
+            if index >= hi:
+                break
+            if index >= lo:
+                record, error = parse_jsonl_line(raw, location)
+                yield Row(first_index + index - lo, location, record, error)
+                count += 1
+    else:
+        dataset = _load_saved(where, None) if fmt == "saved" else _load_with_datasets(where, fmt)
+        columns = dataset[lo:hi]
+        for offset in range(len(next(iter(columns.values()), []))):
+            record = {name: values[offset] for name, values in columns.items()}
+            yield Row(first_index + offset, f"{where}: row {lo + offset + 1}", record)
+            count += 1
+    if count != hi - lo:
+        raise ValueError(
+            f"input {where} changed while the job was running: rows {lo}-{hi} were listed, "
+            f"{count} of them are there now"
+        )
