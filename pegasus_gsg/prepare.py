@@ -962,7 +962,31 @@ def _prepare_set(
     if existing is not None:
         logger.info("%s already holds this store set (checksum %s)", out, existing["checksum"])
         return PrepareResult(out, existing, len(units), 0, 0, already_prepared=True)
-    job = {**_identity(base), "rows_per_shard": config.rows_per_shard, "rows": total_rows}
+    # Ray starts (or connects) first: an unreachable cluster leaves nothing behind, and the
+    # progress bar's documents/s counts only the work.
+    ray = _ray_init(config) if config.engine == "ray" else None
+    try:
+        return _run_set(units, tokenizer_dir, work, out, config, base, dtype, ray)
+    finally:
+        if ray is not None:
+            ray.shutdown()
+
+
+def _run_set(
+    units: list[Unit],
+    tokenizer_dir: Path,
+    work: Path,
+    out: Path,
+    config: PrepareConfig,
+    base: dict[str, Any],
+    dtype: np.dtype,
+    ray: Any,
+) -> PrepareResult:
+    job = {
+        **_identity(base),
+        "rows_per_shard": config.rows_per_shard,
+        "rows": sum(u.hi - u.lo for u in units),
+    }
     _open_work_dir(work, job, config, subdir="shards")
     todo = [u for u in units if not (work / u.name / MANIFEST).is_file()]
     resumed = len(units) - len(todo)
@@ -978,8 +1002,8 @@ def _prepare_set(
     with bar:
         bar.set_postfix_str(f"tasks {resumed}/{len(units)}")
         finished = resumed
-        run = _run_ray if config.engine == "ray" else _run_local
-        for unit in run(todo, args, config):
+        done = _run_local(todo, args, config) if ray is None else _run_ray(ray, todo, args)
+        for unit in done:
             finished += 1
             _unit_done(bar, unit, finished, len(units))
     entries = [prepare_unit(u, *args) for u in units]  # all finished: reads their manifests
@@ -1009,7 +1033,8 @@ def _set_manifest(
     splits: Counter[str] = Counter()
     examples: list[str] = []
     for entry in entries:
-        skipped.update(entry.pop("skipped"))
+        skipped.update(entry["skipped"])
+        entry["skipped"] = {reason: n for reason, n in entry["skipped"].items() if n}
         splits.update(entry.pop("split_values"))
         examples.extend(entry.pop("skipped_examples")[: MAX_SKIP_EXAMPLES - len(examples)])
     totals = {
@@ -1100,14 +1125,13 @@ def _ray_init(config: PrepareConfig) -> Any:
     return ray
 
 
-def _run_ray(units: list[Unit], args: tuple[Any, ...], config: PrepareConfig) -> Iterator[Unit]:
+def _run_ray(ray: Any, units: list[Unit], args: tuple[Any, ...]) -> Iterator[Unit]:
     """Units as Ray tasks (at most 2 per cluster CPU in flight), yielded as they finish.
 
     A task whose worker or node dies is retried by Ray (RAY_MAX_RETRIES); an error raised by
     the unit itself (a bad row, a vanished input) is not retried: it stops the job.
     """
-    ray = _ray_init(config)
-    try:
+    if units:
         remote = ray.remote(num_cpus=1, max_retries=RAY_MAX_RETRIES, retry_exceptions=False)(
             _call_unit
         )
@@ -1128,8 +1152,6 @@ def _run_ray(units: list[Unit], args: tuple[Any, ...], config: PrepareConfig) ->
                     raise type(cause)(str(cause)) from None
                 raise
             yield unit
-    finally:
-        ray.shutdown()
 
 
 __all__ = [

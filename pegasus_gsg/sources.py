@@ -9,6 +9,8 @@ Formats, chosen by file suffix (a trailing .gz/.bz2/.xz is looked through):
 - `.json` starting with `[` (an array of objects), `.csv`, `.parquet`: `datasets.load_dataset`.
 - `.txt`: `datasets`' text loader with `sample_by="paragraph"`: documents separated by blank
   lines, each in a `text` field.
+- a directory of such files (C4's layout: `en/c4-train.00000-of-01024.json.gz` ...): every file
+  with a known suffix under it, in path order;
 - a directory written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`: `load_from_disk`
   (a DatasetDict needs a split).
 
@@ -89,8 +91,29 @@ def resolve_inputs(patterns: Sequence[str]) -> list[Path]:
             path = Path(pattern)
             if not path.exists():
                 raise FileNotFoundError(f"input {path} does not exist")
-            paths.append(path)
+            if path.is_dir() and not _is_saved(path):
+                paths.extend(_corpus_files(path))
+            else:
+                paths.append(path)
     return paths
+
+
+def _corpus_files(directory: Path) -> list[Path]:
+    """Every input file under `directory` (recursively, sorted by path; C4's
+    `c4-train.00000-of-01024.json.gz` ... in shard order), hidden files left out."""
+    files = sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+        and _suffixes(p)[0] in _FORMATS
+    )
+    if not files:
+        raise FileNotFoundError(
+            f"input directory {directory} holds no {', '.join(_FORMATS)} files (optionally "
+            ".gz/.bz2/.xz) and is not a saved dataset"
+        )
+    return files
 
 
 def _is_saved(path: Path) -> bool:

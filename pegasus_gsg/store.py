@@ -641,7 +641,7 @@ def set_checksum(shards: list[dict[str, Any]]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-SAME_ACROSS_SHARDS = ("kind", "vocab_size", "tokenizer.fingerprint", "options", "token_codec")
+SAME_ACROSS_SHARDS = ("kind", "tokenizer.fingerprint", "vocab_size", "options", "token_codec")
 """What every shard of a set (and the set) must agree on: mixing tokenizers or GSG settings
 in one set would train on ids of two vocabularies or two selection rules."""
 
