@@ -1,0 +1,105 @@
+"""escape16: 96,103-id vocabularies in ~2 bytes per token, with O(1) record access."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pegasus_gsg.cli import main
+from pegasus_gsg.prepare import PrepareConfig, _assemble
+from pegasus_gsg.store import (
+    ESCAPE,
+    TokenStore,
+    escape16_decode,
+    escape16_encode,
+    frequency_map,
+    token_codec,
+    verify_store,
+)
+
+PEGASUS_VOCAB = 96_103
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, PEGASUS_VOCAB - 1), max_size=200), st.integers(0, 2**32 - 1))
+def test_encode_then_decode_is_the_identity(ids: list[int], seed: int) -> None:
+    # any rank -> id permutation
+    token_map = np.random.default_rng(seed).permutation(PEGASUS_VOCAB).astype(np.uint32)
+    rank_of = np.empty(PEGASUS_VOCAB, dtype=np.int64)
+    rank_of[token_map] = np.arange(PEGASUS_VOCAB)
+    codes = escape16_encode(rank_of[np.asarray(ids, dtype=np.int64)])
+    assert codes.dtype == np.uint16
+    assert len(codes) == len(ids) + sum(rank_of[i] >= ESCAPE for i in ids)
+    assert escape16_decode(codes, token_map).tolist() == ids
+
+
+def test_codec_choice_by_vocabulary_size() -> None:
+    assert token_codec(32_000) is None and token_codec(65_536) is None
+    assert token_codec(65_537) == "escape16" and token_codec(PEGASUS_VOCAB) == "escape16"
+    assert token_codec(131_071) is None  # a payload could equal the escape code: uint32
+    assert frequency_map(np.array([5, 9, 9, 0])).tolist() == [1, 2, 0, 3]
+
+
+def zipf_records(rng: np.random.Generator, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(document, summary) id arrays with a long tail reaching all 96,103 ids."""
+    records = []
+    for _ in range(n):
+        doc = np.minimum(rng.zipf(1.2, size=int(rng.integers(200, 2000))), PEGASUS_VOCAB) - 1
+        summary = rng.integers(0, PEGASUS_VOCAB, size=int(rng.integers(1, 60)))
+        records.append((doc.astype(np.uint32), summary.astype(np.uint32)))
+    # One document uses every id once, so that over 65,535 distinct ids occur (escapes).
+    records[7] = (rng.permutation(PEGASUS_VOCAB).astype(np.uint32), records[7][1])
+    return records
+
+
+def chunk(records, first_row: int) -> dict[str, np.ndarray]:
+    meta = {"rows": len(records), "skipped": {}, "skipped_examples": [], "filtered": 0}
+    meta["splits"] = {}
+    return {
+        "tokens": np.concatenate([np.concatenate(r) for r in records]),
+        "record_lengths": np.array([len(d) + len(s) for d, s in records], dtype=np.int64),
+        "source_rows": np.arange(first_row, first_row + len(records), dtype=np.int64),
+        "source_lengths": np.array([len(d) for d, _ in records], dtype=np.int64),
+        "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+    }
+
+
+def test_a_96k_store_round_trips_in_about_2_bytes_per_token(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    records = zipf_records(rng, 300)
+    base = {
+        "format": "pegasus-gsg-token-store",
+        "format_version": 1,
+        "kind": "finetune",
+        "vocab_size": PEGASUS_VOCAB,
+        "tokenizer": {"fingerprint": "f" * 64, "path": "synthetic"},
+        "options": {},
+        "source": {"files": [], "fingerprint": "0" * 64},
+    }
+    chunks = [chunk(records[:150], 0), chunk(records[150:], 150)]
+    out = tmp_path / "store"
+    manifest = _assemble(
+        chunks, out, tmp_path / "tmp", base, PrepareConfig("finetune"), np.dtype(np.uint32)
+    )
+    assert manifest["token_codec"] == "escape16" and manifest["dtype"] == "uint32"
+    tokens = sum(len(d) + len(s) for d, s in records)
+    assert manifest["num_tokens"] == tokens and manifest["num_codes"] > tokens  # some escapes
+    store = TokenStore.open(out)
+    for i in (0, 1, 7, 149, 150, 299, -1):
+        document, summary = store.pair(i)
+        assert document.tolist() == records[i][0].tolist()
+        assert summary.tolist() == records[i][1].tolist()
+    assert store.lengths().tolist() == [len(d) for d, _ in records]
+    ids_bytes = (out / "tokens.npy").stat().st_size / tokens
+    assert ids_bytes < 2.3, ids_bytes  # uint32 would be 4
+    assert verify_store(out) == []
+    assert main(["verify", str(out)]) == 0
+    # A flipped code is caught by the hashes; record_codes must agree with record_tokens.
+    codes = np.load(out / "tokens.npy", mmap_mode="r+")
+    codes[10] ^= 1
+    codes.flush()
+    assert verify_store(out)[0].startswith("tokens.npy: sha256")
