@@ -105,7 +105,6 @@ from pegasus_gsg.store import (
     write_json_atomic,
     writer_tag,
 )
-from pegasus_gsg.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -254,13 +253,21 @@ class _Worker:
 
 
 def _init_worker(tokenizer: str | Any, config: PrepareConfig, dtype: str, single: bool) -> None:
-    """Set up a worker; `tokenizer` is a loaded tokenizer (in-process) or its directory."""
+    """Set up a worker; `tokenizer` is a loaded tokenizer (in-process) or its directory.
+
+    From a directory only the `tokenizers` backend is loaded (tokenizer.json, what the loaded
+    tokenizer's `backend_tokenizer` is): a fresh worker process (a Ray worker) then never
+    imports transformers and torch, ~4-15 s of start-up per worker on this machine.
+    """
     if not single:
         # One tokenizer thread per process: N processes already use the cores.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     if isinstance(tokenizer, str):
-        tokenizer = load_tokenizer(tokenizer)
-    _Worker.backend = tokenizer.backend_tokenizer
+        from tokenizers import Tokenizer
+
+        _Worker.backend = Tokenizer.from_file(str(Path(tokenizer) / "tokenizer.json"))
+    else:
+        _Worker.backend = tokenizer.backend_tokenizer
     _Worker.config = config
     _Worker.dtype = np.dtype(dtype)
 
@@ -733,6 +740,8 @@ def prepare(
             column, a conflicting existing store or partial directory, no usable record, or
             (engine ray) Ray missing or its cluster unreachable.
     """
+    from pegasus_gsg.tokenizer import load_tokenizer, tokenizer_fingerprint
+
     out = Path(out).absolute()  # so that OUT.partial is a sibling even for "." or "x/"
     tokenizer_dir = Path(tokenizer_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -963,12 +972,13 @@ def _prepare_set(
         logger.info("%s already holds this store set (checksum %s)", out, existing["checksum"])
         return PrepareResult(out, existing, len(units), 0, 0, already_prepared=True)
     # Ray starts (or connects) first: an unreachable cluster leaves nothing behind, and the
-    # progress bar's documents/s counts only the work.
-    ray = _ray_init(config) if config.engine == "ray" else None
+    # progress bar's documents/s counts only the work. A Ray session the caller started
+    # (ray.init before prepare) is used as it is and left running.
+    ray, ours = _ray_init(config) if config.engine == "ray" else (None, False)
     try:
         return _run_set(units, tokenizer_dir, work, out, config, base, dtype, ray)
     finally:
-        if ray is not None:
+        if ours:
             ray.shutdown()
 
 
@@ -1091,14 +1101,17 @@ def _run_local(units: list[Unit], args: tuple[Any, ...], config: PrepareConfig) 
         yield from pool.imap_unordered(_call_unit, tasks)
 
 
-def _ray_init(config: PrepareConfig) -> Any:
-    """Import Ray and connect (or start a local instance); clear errors for the usual faults."""
+def _ray_init(config: PrepareConfig) -> tuple[Any, bool]:
+    """Import Ray and connect (or start a local instance): (ray, whether this call initialised
+    it). Clear errors for the usual faults."""
     try:
         import ray
     except ImportError:
         raise ValueError(
             "--engine ray needs Ray: pip install 'pegasus-gsg[ray]' (or use --engine local)"
         ) from None
+    if ray.is_initialized():
+        return ray, False
     address = config.ray_address
     if address is not None and address != "auto" and not address.startswith("ray://"):
         host, _, port = address.rpartition(":")
@@ -1122,7 +1135,7 @@ def _ray_init(config: PrepareConfig) -> Any:
         ray.init(address=address, **kwargs)
     except ConnectionError as err:
         raise ValueError(f"cannot connect to the Ray cluster at {address}: {err}") from None
-    return ray
+    return ray, True
 
 
 def _run_ray(ray: Any, units: list[Unit], args: tuple[Any, ...]) -> Iterator[Unit]:
