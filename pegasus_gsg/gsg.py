@@ -110,7 +110,8 @@ def num_gap_sentences_array(n: np.ndarray, gsr: float) -> np.ndarray:
     """`num_gap_sentences` over an array of sentence counts (int64), the same formula."""
     check_gsr(gsr)
     counts = np.asarray(n, dtype=np.int64)
-    return np.minimum(np.maximum(counts * gsr, 1.0).astype(np.int64), counts)
+    m: np.ndarray = np.minimum(np.maximum(counts * gsr, 1.0).astype(np.int64), counts)
+    return m
 
 
 def rank_sentences(

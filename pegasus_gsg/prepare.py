@@ -341,7 +341,7 @@ def _process_chunk(task: tuple[int, list[Row]]) -> tuple[int, dict[str, np.ndarr
         if record is not None:
             splits[str(record["split"]) if "split" in record else NO_SPLIT] += 1
         outside = config.split is not None and record is not None and "split" in record
-        if outside and record["split"] != config.split:
+        if outside and record is not None and record["split"] != config.split:
             filtered += 1
             continue
         values = _usable(row, config, skip)
@@ -445,7 +445,7 @@ def _write_chunk(work: Path, index: int, arrays: dict[str, np.ndarray]) -> None:
     final = _chunk_path(work, index)
     tmp = final.with_name(f".{final.name}.tmp-{writer_tag()}")
     with tmp.open("wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, final)
@@ -495,7 +495,7 @@ def _map_ordered(
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     initargs = (str(tokenizer_dir), config, dtype.name, False)
     with ctx.Pool(config.num_proc, initializer=_init_worker, initargs=initargs) as pool:
-        pending: collections.deque = collections.deque()
+        pending: collections.deque[Any] = collections.deque()
         for task in tasks:
             pending.append(pool.apply_async(_process_chunk, (task,)))
             if len(pending) >= 2 * config.num_proc:
@@ -639,7 +639,7 @@ def _warn_about_splits(splits: Counter[str], split: str | None) -> None:
 
 
 def _fill(
-    arrays: dict[str, np.ndarray],
+    arrays: dict[str, np.memmap],
     chunks: Sequence[Chunk],
     kind: str,
     token_map: np.ndarray | None,
@@ -700,7 +700,9 @@ def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _existing_store(out: Path, base: dict[str, Any], config: PrepareConfig) -> dict | None:
+def _existing_store(
+    out: Path, base: dict[str, Any], config: PrepareConfig
+) -> dict[str, Any] | None:
     """The manifest of a finished store at `out` made by this very job, else None.
 
     Raises ValueError when `out` holds something else and `overwrite` is off.
@@ -936,7 +938,7 @@ def base_dtype(base: dict[str, Any]) -> np.dtype:
     return token_dtype(int(base["vocab_size"]))
 
 
-def _existing_set(out: Path, base: dict[str, Any], config: PrepareConfig) -> dict | None:
+def _existing_set(out: Path, base: dict[str, Any], config: PrepareConfig) -> dict[str, Any] | None:
     """The manifest of a finished store set at `out` made by this very job, else None."""
     if not out.exists():
         return None
@@ -978,7 +980,7 @@ def _prepare_set(
     try:
         return _run_set(units, tokenizer_dir, work, out, config, base, dtype, ray)
     finally:
-        if ours:
+        if ours and ray is not None:
             ray.shutdown()
 
 

@@ -28,12 +28,12 @@ import gzip
 import hashlib
 import json
 import lzma
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-_COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+_COMPRESSED: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _FORMATS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
@@ -132,7 +132,8 @@ def _suffixes(path: Path) -> tuple[str, str | None]:
 def _open_binary(path: Path) -> BinaryIO:
     _, compression = _suffixes(path)
     opener = _COMPRESSED.get(compression) if compression else None
-    return opener(path, "rb") if opener else path.open("rb")
+    handle: BinaryIO = opener(path, "rb") if opener else path.open("rb")
+    return handle
 
 
 def _hash_path(path: Path) -> str:
@@ -223,12 +224,13 @@ def open_sources(
             else:
                 dataset = _load_with_datasets(path, fmt)
                 source = Source(path, fmt, len(dataset), _hash_path(path), dataset)
-        if source.dataset is not None:
-            missing = [c for c in required_columns if c not in source.columns]
+        columns = source.columns
+        if columns is not None:
+            missing = [c for c in required_columns if c not in columns]
             if missing:
                 raise ValueError(
                     f"{path} has no column {', '.join(map(repr, missing))} (columns: "
-                    f"{', '.join(source.columns)}); choose the field with --text-field"
+                    f"{', '.join(columns)}); choose the field with --text-field"
                     + ("/--summary-field" if len(required_columns) > 1 else "")
                 )
         sources.append(source)

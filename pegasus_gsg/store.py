@@ -164,10 +164,12 @@ def escape16_decode(codes: np.ndarray, token_map: np.ndarray) -> np.ndarray:
     ESCAPE code starts an escape."""
     escapes = np.flatnonzero(codes == ESCAPE)
     if not len(escapes):
-        return token_map[codes]
+        ids: np.ndarray = token_map[codes]
+        return ids
     ranks = codes.astype(np.int64)
     ranks[escapes] = ESCAPE + ranks[escapes + 1]
-    return token_map[np.delete(ranks, escapes + 1)]
+    ids = token_map[np.delete(ranks, escapes + 1)]
+    return ids
 
 
 def frequency_map(counts: np.ndarray) -> np.ndarray:
@@ -360,7 +362,7 @@ class TokenStore:
         names = store_files(self.kind, self.codec)
         # Plain ndarray views of the memmaps: still backed by the mapped pages, but slicing skips
         # np.memmap's Python-level __getitem__/__array_finalize__ (~30% of a loader step).
-        self._arrays = {
+        self._arrays: dict[str, np.ndarray] = {
             name: np.load(path / name, mmap_mode="r").view(np.ndarray) for name in names
         }
         self.tokens: np.ndarray = self._arrays["tokens.npy"]
@@ -456,7 +458,8 @@ class TokenStore:
         """Per record: source tokens (pretrain: all sentences; finetune: the document)."""
         if self.kind == "finetune":
             return self._arrays["source_lengths.npy"]
-        return np.diff(self.record_tokens.astype(np.int64))
+        lengths: np.ndarray = np.diff(self.record_tokens.astype(np.int64))
+        return lengths
 
     def target_lengths(self, gsr: float = 0.3) -> np.ndarray:
         """Per record: target tokens, without `</s>` (int64).
@@ -494,7 +497,8 @@ class TokenStore:
         if len(ends):
             starts[1:] = ends[:-1]
             starts[rec_sent[:-1][np.diff(rec_sent) > 0]] = 0
-        return ends - starts
+        lengths: np.ndarray = ends - starts
+        return lengths
 
     def num_sentences(self, i: int) -> int:
         self._need("pretrain", "num_sentences")
@@ -797,7 +801,7 @@ def _verify_set(path: Path) -> list[str]:
         manifest = read_set_manifest(path)
     except (ValueError, FileNotFoundError) as err:
         return [str(err)]
-    problems = []
+    problems: list[str] = []
     for shard in manifest["shards"]:
         problems.extend(f"{shard['path']}: {p}" for p in verify_store(path / shard["path"]))
     totals = {key: sum(s[key] for s in manifest["shards"]) for key in ("num_records", "num_tokens")}
