@@ -242,3 +242,18 @@ def test_a_missing_shard_or_a_shard_of_another_tokenizer_is_refused(
     assert set_manifest(out)["tokenizer"]["fingerprint"] in message
     assert set_manifest(other)["tokenizer"]["fingerprint"] in message
     assert main(["verify", str(mixed)]) == 1
+
+
+def test_training_entry_points_open_a_store_set(tmp_path, tiny_tokenizer_dir, reuters) -> None:
+    from pegasus_gsg.entry import open_store
+    from pegasus_gsg.tokenizer import load_tokenizer
+
+    pretrain([reuters], tiny_tokenizer_dir, tmp_path / "set", rows_per_shard=60)
+    tok = load_tokenizer(tiny_tokenizer_dir)
+    store = open_store(str(tmp_path / "set"), tok, "data.train", "pretrain")
+    assert isinstance(store, StoreSet) and len(store) == 150
+    with pytest.raises(ValueError, match="is a 'pretrain' store; this entry point needs a"):
+        open_store(str(tmp_path / "set"), tok, "data.train", "finetune")
+    other = train_tokenizer(read_jsonl_slice("reuters21578_en", 100, "text"), 700, tmp_path / "t")
+    with pytest.raises(ValueError, match="was written with tokenizer"):
+        open_store(str(tmp_path / "set"), other, "data.train", "pretrain")
