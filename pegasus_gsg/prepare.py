@@ -897,7 +897,9 @@ def prepare_unit(
             _UNIT_WORKER["dir"] = tokenizer_dir
         _Worker.config = config
         dtype = base_dtype(base)
-        rows = iter_unit_rows(unit.path, unit.format, unit.lo, unit.hi, unit.first_row)
+        rows = iter_unit_rows(
+            unit.path, unit.format, unit.lo, unit.hi, unit.first_row, config.split
+        )
         chunks: list[Chunk] = []
         batch: list[Row] = []
         for row in rows:

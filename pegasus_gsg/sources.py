@@ -367,8 +367,11 @@ def iter_texts(
                     yield value
 
 
-def iter_unit_rows(path: str, fmt: str, lo: int, hi: int, first_index: int) -> Iterator[Row]:
-    """Rows [lo, hi) of one input file (a store-set unit), numbered from `first_index`.
+def iter_unit_rows(
+    path: str, fmt: str, lo: int, hi: int, first_index: int, split: str | None = None
+) -> Iterator[Row]:
+    """Rows [lo, hi) of one input file (a store-set unit), numbered from `first_index`;
+    `split` picks a saved DatasetDict's split.
 
     Reads only this file; JSON Lines are streamed (rows before `lo` are skipped unparsed), other
     formats are loaded with `datasets` and sliced.
@@ -394,7 +397,7 @@ def iter_unit_rows(path: str, fmt: str, lo: int, hi: int, first_index: int) -> I
                 yield Row(first_index + index - lo, location, record, error)
                 count += 1
     else:
-        dataset = _load_saved(where, None) if fmt == "saved" else _load_with_datasets(where, fmt)
+        dataset = _load_saved(where, split) if fmt == "saved" else _load_with_datasets(where, fmt)
         columns = dataset[lo:hi]
         for offset in range(len(next(iter(columns.values()), []))):
             record = {name: values[offset] for name, values in columns.items()}

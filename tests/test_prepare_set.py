@@ -42,12 +42,12 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def docs() -> list[dict]:
-    return read_jsonl_slice("reuters21578_en", 150)
+    return read_jsonl_slice("reuters21578_en", 160)
 
 
 @pytest.fixture(scope="module")
 def reuters(tmp_path_factory, docs) -> Path:
-    return write_jsonl(tmp_path_factory.mktemp("set") / "reuters.jsonl", docs)
+    return write_jsonl(tmp_path_factory.mktemp("set") / "reuters.jsonl", docs[:150])
 
 
 def pretrain(inputs, tok, out, **options):
@@ -168,17 +168,24 @@ def test_c4_layout_directory_and_mixed_formats(tmp_path, tiny_tokenizer_dir, doc
     datasets.Dataset.from_list([{"text": d["text"]} for d in docs[120:150]]).to_parquet(
         tmp_path / "c4" / "extra.parquet"
     )
+    saved = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list([{"text": d["text"]} for d in docs[150:160]])}
+    )
+    saved.save_to_disk(tmp_path / "saved")
     out = tmp_path / "set"
-    result = pretrain([tmp_path / "c4"], tiny_tokenizer_dir, out, rows_per_shard=25, num_proc=2)
+    inputs = [tmp_path / "c4", tmp_path / "saved"]
+    result = pretrain(inputs, tiny_tokenizer_dir, out, rows_per_shard=25, num_proc=2, split="train")
     m = result.manifest
     names = [f["name"] for f in m["source"]["files"]]
-    assert names == [f"c4-train.{k:05d}-of-00003.json.gz" for k in range(3)] + ["extra.parquet"]
-    assert [s["rows"] for s in m["shards"]] == [25, 15, 25, 15, 25, 15, 25, 5]
+    c4_names = [f"c4-train.{k:05d}-of-00003.json.gz" for k in range(3)]
+    assert names == [*c4_names, "extra.parquet", "saved"]
+    assert [s["rows"] for s in m["shards"]] == [25, 15, 25, 15, 25, 15, 25, 5, 10]
     reference = tmp_path / "reference"
-    flat = write_jsonl(tmp_path / "flat.jsonl", [{"text": d["text"]} for d in docs[:150]])
+    flat = write_jsonl(tmp_path / "flat.jsonl", [{"text": d["text"]} for d in docs[:160]])
     pretrain([flat], tiny_tokenizer_dir, reference)
     one, many = TokenStore.open(reference), TokenStore.open(out)
-    for i in range(150):
+    assert len(many) == 160
+    for i in range(160):
         assert np.array_equal(many.record_ids(i), one.record_ids(i))
     with pytest.raises(FileNotFoundError, match=r"no input matches '.*nothing-\*.json.gz'"):
         pretrain([tmp_path / "c4" / "nothing-*.json.gz"], tiny_tokenizer_dir, tmp_path / "x")
