@@ -94,7 +94,6 @@ from pegasus_gsg.store import (
     SET_MANIFEST,
     StoreBuilder,
     escape16_encode,
-    frequency_map,
     narrowest_uint,
     offsets_dtype,
     read_manifest,
@@ -538,7 +537,7 @@ def _assemble(
     splits: Counter[str] = Counter()
     vocab_size = int(base_manifest["vocab_size"])
     codec = token_codec(vocab_size)
-    counts = np.zeros(vocab_size if codec else 0, dtype=np.int64)
+    num_codes = 0  # escape16: tokens + escapes
     last_row = 0  # the largest source row (the single-store case: rows - 1)
     for chunk_ref in chunks:
         with _open_chunk(chunk_ref) as chunk:
@@ -555,7 +554,7 @@ def _assemble(
                     sizes["max_sentences"], int(sentence_counts.max(initial=0))
                 )
             if codec:
-                counts += np.bincount(chunk["tokens"], minlength=vocab_size)
+                num_codes += len(chunk["tokens"]) + int(np.count_nonzero(chunk["tokens"] >= ESCAPE))
         skipped.update(meta["skipped"])
         examples.extend(meta["skipped_examples"][: MAX_SKIP_EXAMPLES - len(examples)])
         filtered += meta["filtered"]
@@ -572,10 +571,7 @@ def _assemble(
     builder = StoreBuilder(out, tmp)
     try:
         extra: dict[str, Any] = {}
-        token_map = None
         if codec:
-            token_map = frequency_map(counts)
-            num_codes = t + int(counts[token_map[ESCAPE:]].sum())
             extra = {"token_codec": codec, "num_codes": num_codes}
             arrays = {
                 "tokens.npy": builder.create("tokens.npy", np.uint16, num_codes),
@@ -583,7 +579,6 @@ def _assemble(
                     "record_codes.npy", offsets_dtype(num_codes), r + 1
                 ),
             }
-            builder.create("token_map.npy", np.uint32, vocab_size)[:] = token_map
         else:
             arrays = {"tokens.npy": builder.create("tokens.npy", dtype, t)}
         arrays["record_tokens.npy"] = builder.create("record_tokens.npy", offsets_dtype(t), r + 1)
@@ -603,7 +598,7 @@ def _assemble(
             arrays["source_lengths.npy"] = builder.create(
                 "source_lengths.npy", narrowest_uint(sizes["max_record"], np.uint16), r
             )
-        _fill(arrays, chunks, config.kind, token_map)
+        _fill(arrays, chunks, config.kind, codec is not None)
         manifest = {
             **base_manifest,
             "num_records": r,
@@ -642,28 +637,24 @@ def _fill(
     arrays: dict[str, np.memmap],
     chunks: Sequence[Chunk],
     kind: str,
-    token_map: np.ndarray | None,
+    escape16: bool,
 ) -> None:
     r = t = s = c = 0
     arrays["record_tokens.npy"][0] = 0
     if kind == "pretrain":
         arrays["record_sentences.npy"][0] = 0
-    rank_of = None
-    if token_map is not None:
+    if escape16:
         arrays["record_codes.npy"][0] = 0
-        rank_of = np.empty(len(token_map), dtype=np.int64)
-        rank_of[token_map] = np.arange(len(token_map))
     for chunk_ref in chunks:
         with _open_chunk(chunk_ref) as chunk:
             lengths = chunk["record_lengths"]
             n, tokens = len(lengths), chunk["tokens"]
-            if rank_of is None:
+            if not escape16:
                 arrays["tokens.npy"][t : t + len(tokens)] = tokens
             else:
-                ranks = rank_of[tokens]
-                codes = escape16_encode(ranks)
+                codes = escape16_encode(tokens)
                 arrays["tokens.npy"][c : c + len(codes)] = codes
-                escapes = np.concatenate([[0], np.cumsum(ranks >= ESCAPE)])
+                escapes = np.concatenate([[0], np.cumsum(tokens >= ESCAPE)])
                 ends = np.cumsum(lengths)
                 arrays["record_codes.npy"][r + 1 : r + n + 1] = c + ends + escapes[ends]
                 c += len(codes)

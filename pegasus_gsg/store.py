@@ -20,13 +20,15 @@ Arrays (R records, S sentences, T tokens):
 | source_lengths.npy | R | finetune: document tokens; the summary is the rest of the record |
 
 Vocabularies over 65,536 ids (google/pegasus-large has 96,103) are stored with the `escape16`
-token codec instead of uint32: ids are ranked by frequency in the store, `token_map.npy` maps
-rank -> id, and `tokens.npy` holds uint16 codes: a rank below 65,535 is one code, a rarer one is
-the escape code 65,535 followed by `rank - 65,535`. Nearly every token is then 2 bytes (2.02
-bytes/token on Reuters with a 96,103-id tokenizer, against 4 for uint32; benchmarks/
-bench_store_bytes.py). `record_codes.npy` (R+1) gives each record's offset in the codes, so
-random access stays O(1) per record: a record is decoded (escapes resolved, ranks mapped to ids)
-when read; `record_tokens`, `sentence_ends` and `source_lengths` keep counting decoded tokens.
+token codec instead of uint32: `tokens.npy` holds uint16 codes, an id below 65,535 as itself and
+a higher one as the escape code 65,535 followed by `id - 65,535`. SentencePiece/Unigram ids are
+ordered by piece score, so the high ids are rare: 0.85% of Reuters' tokens with a 96,103-id
+tokenizer, 2.02 bytes per id against 4 for uint32 (benchmarks/bench_store_bytes.py measures this
+against a frequency remap with escape, whose 384 KB rank->id table costs more than it saves on
+a store of Reuters' size, and 17-bit packing, 2.125). `record_codes.npy` (R+1) gives each
+record's offset in the codes, so access stays O(1) per record: a record without escapes is a
+view of the memory map (uint16), one with escapes is decoded (uint32) when read;
+`record_tokens`, `sentence_ends` and `source_lengths` keep counting tokens, not codes.
 
 A store set (`prepare --engine ray`, or `--rows-per-shard N`) is a directory of shard stores
 `shards/NNNNN/` plus `storeset.json` (SET_MANIFEST) written last: shards in order with their
@@ -88,8 +90,8 @@ KIND_FILES = {
 }
 ESCAPE16 = "escape16"
 ESCAPE = 0xFFFF
-"""escape16: the code that announces a rank >= ESCAPE in the next code."""
-CODEC_FILES = {ESCAPE16: ("record_codes.npy", "token_map.npy")}
+"""escape16: the code that announces an id >= ESCAPE, as `id - ESCAPE` in the next code."""
+CODEC_FILES = {ESCAPE16: ("record_codes.npy",)}
 
 SET_FORMAT = "pegasus-gsg-store-set"
 SET_FORMAT_VERSION = 1
@@ -148,34 +150,27 @@ def store_files(kind: str, codec: str | None) -> tuple[str, ...]:
     return COMMON_FILES + KIND_FILES[kind] + (CODEC_FILES[codec] if codec else ())
 
 
-def escape16_encode(ranks: np.ndarray) -> np.ndarray:
-    """Frequency ranks -> escape16 codes (uint16); ranks must be < 2 * ESCAPE."""
-    ranks = np.asarray(ranks, dtype=np.int64)
-    escaped = ranks >= ESCAPE
-    first = np.arange(len(ranks)) + np.cumsum(escaped) - escaped  # each token's first code
-    out = np.empty(len(ranks) + int(escaped.sum()), dtype=np.uint16)
-    out[first] = np.where(escaped, ESCAPE, ranks)
-    out[first[escaped] + 1] = ranks[escaped] - ESCAPE
+def escape16_encode(ids: np.ndarray) -> np.ndarray:
+    """Token ids -> escape16 codes (uint16); ids must be < 2 * ESCAPE."""
+    ids = np.asarray(ids, dtype=np.int64)
+    escaped = ids >= ESCAPE
+    first = np.arange(len(ids)) + np.cumsum(escaped) - escaped  # each token's first code
+    out = np.empty(len(ids) + int(escaped.sum()), dtype=np.uint16)
+    out[first] = np.where(escaped, ESCAPE, ids)
+    out[first[escaped] + 1] = ids[escaped] - ESCAPE
     return out
 
 
-def escape16_decode(codes: np.ndarray, token_map: np.ndarray) -> np.ndarray:
-    """escape16 codes -> token ids (token_map's dtype). A payload is never ESCAPE, so every
-    ESCAPE code starts an escape."""
+def escape16_decode(codes: np.ndarray) -> np.ndarray:
+    """escape16 codes -> token ids: `codes` itself (a view) when nothing is escaped, else a new
+    uint32 array. A payload is never ESCAPE, so every ESCAPE code starts an escape."""
     escapes = np.flatnonzero(codes == ESCAPE)
     if not len(escapes):
-        ids: np.ndarray = token_map[codes]
-        return ids
-    ranks = codes.astype(np.int64)
-    ranks[escapes] = ESCAPE + ranks[escapes + 1]
-    ids = token_map[np.delete(ranks, escapes + 1)]
-    return ids
-
-
-def frequency_map(counts: np.ndarray) -> np.ndarray:
-    """rank -> id, most frequent first, ties by id (deterministic)."""
-    counts = np.asarray(counts, dtype=np.int64)
-    return np.lexsort((np.arange(len(counts)), -counts)).astype(np.uint32)
+        return codes
+    ids = codes.astype(np.uint32)
+    ids[escapes] = ESCAPE + ids[escapes + 1]
+    decoded: np.ndarray = np.delete(ids, escapes + 1)
+    return decoded
 
 
 def narrowest_uint(max_value: int, smallest: type = np.uint8) -> np.dtype:
@@ -415,8 +410,6 @@ class TokenStore:
                 wrong.append(f"tokens.npy is {self.tokens.dtype}[{len(self.tokens)}]")
             if len(self._arrays["record_codes.npy"]) != r + 1:
                 wrong.append("record_codes.npy does not have num_records + 1 entries")
-            if len(self._arrays["token_map.npy"]) != self.vocab_size:
-                wrong.append("token_map.npy does not have vocab_size entries")
         elif self.tokens.dtype != self.dtype or len(self.tokens) != t:
             wrong.append(f"tokens.npy is {self.tokens.dtype}[{len(self.tokens)}]")
         if len(self.record_tokens) != r + 1:
@@ -513,7 +506,7 @@ class TokenStore:
             return self.tokens[int(self.record_tokens[i]) : int(self.record_tokens[i + 1])]
         rec_codes = self._arrays["record_codes.npy"]
         codes = self.tokens[int(rec_codes[i]) : int(rec_codes[i + 1])]
-        return escape16_decode(codes, self._arrays["token_map.npy"])
+        return escape16_decode(codes)
 
     def sentences(self, i: int) -> list[np.ndarray]:
         """pretrain: record i's token ids per sentence (views into the memory map, or into the
@@ -598,9 +591,12 @@ def _structure_problems(store: TokenStore) -> list[str]:
     if len(rec) and (rec[0] != 0 or rec[-1] != total or np.any(np.diff(rec) < 0)):
         problems.append("record_tokens.npy is not a 0-based increasing offset array")
     if store.codec == ESCAPE16:
-        token_map = store._arrays["token_map.npy"]
-        if not np.array_equal(np.sort(token_map), np.arange(store.vocab_size)):
-            problems.append("token_map.npy is not a permutation of the vocabulary")
+        escaped = np.flatnonzero(store.tokens == ESCAPE)
+        if len(escaped) and (
+            escaped[-1] + 1 >= len(store.tokens)
+            or int(store.tokens[escaped + 1].max()) >= store.vocab_size - ESCAPE
+        ):
+            problems.append(f"an escaped token id is >= the vocabulary size {store.vocab_size}")
         rec_codes = store._arrays["record_codes.npy"].astype(np.int64)
         escapes = np.concatenate([[0], np.cumsum(store.tokens == ESCAPE)])
         if rec_codes[-1] != len(store.tokens) or not np.array_equal(
