@@ -164,12 +164,15 @@ def escape16_encode(ids: np.ndarray) -> np.ndarray:
 def escape16_decode(codes: np.ndarray) -> np.ndarray:
     """escape16 codes -> token ids: `codes` itself (a view) when nothing is escaped, else a new
     uint32 array. A payload is never ESCAPE, so every ESCAPE code starts an escape."""
-    escapes = np.flatnonzero(codes == ESCAPE)
-    if not len(escapes):
+    escaped = codes == ESCAPE
+    if not escaped.any():
         return codes
     ids = codes.astype(np.uint32)
-    ids[escapes] = ESCAPE + ids[escapes + 1]
-    decoded: np.ndarray = np.delete(ids, escapes + 1)
+    payload = np.empty_like(escaped)
+    payload[0] = False
+    payload[1:] = escaped[:-1]
+    ids[escaped] = ids[payload] + ESCAPE
+    decoded: np.ndarray = ids[~payload]
     return decoded
 
 
