@@ -7,18 +7,20 @@ All of reuters21578_en is prepared (one store, `prepare pretrain`) with
 
 - 96k: a 96,103-id PEGASUS-layout tokenizer (google/pegasus-large's size), trained with
   `pegasus_gsg.tokenizer.train_tokenizer` on every text field of every corpus in ../shared/data
-  (`--train96 DIR`; ~137k texts, 56M characters), stored with the escape16 codec (ids below
-  65,535 in 16 bits, an escape for the rest; store.py) and, as today's store, with uint32 ids;
+  (`--train96 DIR`; ~137k texts, 56M characters), stored with the split17 codec (low 16 bits
+  per token, positions of the ids with bit 16 set apart; store.py) and, as today's store, with
+  uint32 ids;
 - 16k: a 16,000-id tokenizer trained on the first 5,000 Reuters documents (uint16, unchanged).
 
-Reported per store: bytes/token of the ids (tokens.npy plus, for escape16, record_codes.npy)
-and of the whole store (every file, manifest included); for the 96k ids the alternatives
-computed from the same ids: a frequency remap before the escape (ranks >= 65,535 escaped, plus
-the 4-byte rank -> id table of the whole vocabulary) and 17-bit packing (a 16-bit array plus a
-1-bit plane: 2.125). Loader speed: samples/s
-of `PretrainingDataset[i]` (the per-record work of the training loader: ranking, gap
-selection, masking) over a fixed random order of --samples records, and the decode cost of a
-batch of 64 random records (`record_ids`), medians of --repeats interleaved rounds.
+Reported per store: bytes/token of the ids (tokens.npy plus, for split17, high_tokens.npy) and
+of the whole store (every file, manifest included); for the 96k ids the alternatives computed
+from the same ids: in-band escapes (ids >= 65,535 as two codes; measured before with its
+per-record code offsets: 2.039 ids, 1,637 us per 64-record decode), the same after a frequency
+remap (plus the 4-byte rank -> id table of the whole vocabulary) and 17-bit packing (2.125).
+Loader speed: samples/s of `PretrainingDataset[i]` (the per-record work of the training
+loader: ranking, gap selection, masking) over a fixed random order of --samples records, and
+the decode cost of a batch of 64 random records (`record_ids`), medians of --repeats
+interleaved rounds.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def build(source: Path, tokenizer: Path, out: Path, plain: bool = False) -> dict
 
 def sizes(out: Path, manifest: dict) -> dict[str, float]:
     tokens = manifest["num_tokens"]
-    id_files = ("tokens.npy", "record_codes.npy")
+    id_files = ("tokens.npy", "high_tokens.npy")
     ids = sum((out / f).stat().st_size for f in id_files if (out / f).exists())
     whole = sum(p.stat().st_size for p in out.iterdir())
     return {"ids": ids / tokens, "whole": whole / tokens}
@@ -145,10 +147,10 @@ def main() -> int:
             docs = [json.loads(line)["text"] for line in source.open(encoding="utf-8")][:5000]
             tok16 = work / "tok16"
             train_tokenizer(docs, 16_000, tok16)
-        stores = {"96k escape16": work / "s96", "96k uint32 (today)": work / "s96plain"}
+        stores = {"96k split17": work / "s96", "96k uint32 (today)": work / "s96plain"}
         stores["16k uint16"] = work / "s16"
         manifests = {
-            "96k escape16": build(source, tok96, stores["96k escape16"]),
+            "96k split17": build(source, tok96, stores["96k split17"]),
             "96k uint32 (today)": build(source, tok96, stores["96k uint32 (today)"], plain=True),
             "16k uint16": build(source, tok16, stores["16k uint16"]),
         }
@@ -159,7 +161,7 @@ def main() -> int:
         ids = np.asarray(plain.tokens)
         counts = np.sort(np.bincount(ids, minlength=plain.vocab_size))[::-1]
         results["96k alternatives"] = {
-            "escape by id (ours)": 2 + 2 * float(np.mean(ids >= 0xFFFF)),
+            "in-band escape": 2 + 2 * float(np.mean(ids >= 0xFFFF)),
             "frequency remap + escape": 2
             + 2 * float(counts[0xFFFF:].sum() / len(ids))
             + 4 * plain.vocab_size / len(ids),
@@ -174,7 +176,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(
         f"all of Reuters ({results['tokens']['16k uint16']:,} tokens at 16k, "
-        f"{results['tokens']['96k escape16']:,} at 96k)"
+        f"{results['tokens']['96k split17']:,} at 96k)"
     )
     print(
         f"{'store':<20} {'ids B/tok':>9} {'whole B/tok':>11} {'samples/s':>10} {'decode us/64':>12}"
@@ -187,7 +189,7 @@ def main() -> int:
         )
     alt = results["96k alternatives"]
     print(
-        f"96k ids B/tok without offsets: escape by id {alt['escape by id (ours)']:.3f}, "
+        f"96k ids B/tok, alternatives: in-band escape {alt['in-band escape']:.3f} (+ offsets), "
         f"frequency remap + escape {alt['frequency remap + escape']:.3f}, 17-bit packing "
         f"{alt['17-bit packing']:.3f}; {alt['distinct ids used']:,} ids used"
     )

@@ -84,16 +84,15 @@ from pegasus_gsg.sources import (
     source_manifest,
 )
 from pegasus_gsg.store import (
-    ESCAPE,
     FORMAT,
     FORMAT_VERSION,
+    HIGH_BIT,
     KINDS,
     MANIFEST,
     SET_FORMAT,
     SET_FORMAT_VERSION,
     SET_MANIFEST,
     StoreBuilder,
-    escape16_encode,
     narrowest_uint,
     offsets_dtype,
     read_manifest,
@@ -537,7 +536,7 @@ def _assemble(
     splits: Counter[str] = Counter()
     vocab_size = int(base_manifest["vocab_size"])
     codec = token_codec(vocab_size)
-    num_codes = 0  # escape16: tokens + escapes
+    num_high = 0  # split17: tokens with an id >= HIGH_BIT
     last_row = 0  # the largest source row (the single-store case: rows - 1)
     for chunk_ref in chunks:
         with _open_chunk(chunk_ref) as chunk:
@@ -554,7 +553,7 @@ def _assemble(
                     sizes["max_sentences"], int(sentence_counts.max(initial=0))
                 )
             if codec:
-                num_codes += len(chunk["tokens"]) + int(np.count_nonzero(chunk["tokens"] >= ESCAPE))
+                num_high += int(np.count_nonzero(chunk["tokens"] >= HIGH_BIT))
         skipped.update(meta["skipped"])
         examples.extend(meta["skipped_examples"][: MAX_SKIP_EXAMPLES - len(examples)])
         filtered += meta["filtered"]
@@ -571,16 +570,12 @@ def _assemble(
     builder = StoreBuilder(out, tmp)
     try:
         extra: dict[str, Any] = {}
+        arrays = {"tokens.npy": builder.create("tokens.npy", np.uint16 if codec else dtype, t)}
         if codec:
-            extra = {"token_codec": codec, "num_codes": num_codes}
-            arrays = {
-                "tokens.npy": builder.create("tokens.npy", np.uint16, num_codes),
-                "record_codes.npy": builder.create(
-                    "record_codes.npy", offsets_dtype(num_codes), r + 1
-                ),
-            }
-        else:
-            arrays = {"tokens.npy": builder.create("tokens.npy", dtype, t)}
+            extra = {"token_codec": codec, "num_high_tokens": num_high}
+            arrays["high_tokens.npy"] = builder.create(
+                "high_tokens.npy", offsets_dtype(max(t - 1, 0)), num_high
+            )
         arrays["record_tokens.npy"] = builder.create("record_tokens.npy", offsets_dtype(t), r + 1)
         arrays["source_rows.npy"] = builder.create("source_rows.npy", offsets_dtype(last_row), r)
         if config.kind == "pretrain":
@@ -637,27 +632,23 @@ def _fill(
     arrays: dict[str, np.memmap],
     chunks: Sequence[Chunk],
     kind: str,
-    escape16: bool,
+    split17: bool,
 ) -> None:
-    r = t = s = c = 0
+    r = t = s = h = 0
     arrays["record_tokens.npy"][0] = 0
     if kind == "pretrain":
         arrays["record_sentences.npy"][0] = 0
-    if escape16:
-        arrays["record_codes.npy"][0] = 0
     for chunk_ref in chunks:
         with _open_chunk(chunk_ref) as chunk:
             lengths = chunk["record_lengths"]
             n, tokens = len(lengths), chunk["tokens"]
-            if not escape16:
-                arrays["tokens.npy"][t : t + len(tokens)] = tokens
+            if split17:
+                high = np.flatnonzero(tokens >= HIGH_BIT)
+                arrays["high_tokens.npy"][h : h + len(high)] = t + high
+                h += len(high)
+                arrays["tokens.npy"][t : t + len(tokens)] = tokens & (HIGH_BIT - 1)
             else:
-                codes = escape16_encode(tokens)
-                arrays["tokens.npy"][c : c + len(codes)] = codes
-                escapes = np.concatenate([[0], np.cumsum(tokens >= ESCAPE)])
-                ends = np.cumsum(lengths)
-                arrays["record_codes.npy"][r + 1 : r + n + 1] = c + ends + escapes[ends]
-                c += len(codes)
+                arrays["tokens.npy"][t : t + len(tokens)] = tokens
             arrays["record_tokens.npy"][r + 1 : r + n + 1] = t + np.cumsum(lengths)
             arrays["source_rows.npy"][r : r + n] = chunk["source_rows"]
             if kind == "pretrain":

@@ -19,16 +19,16 @@ Arrays (R records, S sentences, T tokens):
 | ranking_scores.npy | S | pretrain: `Ranking.scores` (by sentence index) as float32 |
 | source_lengths.npy | R | finetune: document tokens; the summary is the rest of the record |
 
-Vocabularies over 65,536 ids (google/pegasus-large has 96,103) are stored with the `escape16`
-token codec instead of uint32: `tokens.npy` holds uint16 codes, an id below 65,535 as itself and
-a higher one as the escape code 65,535 followed by `id - 65,535`. SentencePiece/Unigram ids are
-ordered by piece score, so the high ids are rare: 0.85% of Reuters' tokens with a 96,103-id
-tokenizer, 2.02 bytes per id against 4 for uint32 (benchmarks/bench_store_bytes.py measures this
-against a frequency remap with escape, whose 384 KB rank->id table costs more than it saves on
-a store of Reuters' size, and 17-bit packing, 2.125). `record_codes.npy` (R+1) gives each
-record's offset in the codes, so access stays O(1) per record: a record without escapes is a
-view of the memory map (uint16), one with escapes is decoded (uint32) when read;
-`record_tokens`, `sentence_ends` and `source_lengths` keep counting tokens, not codes.
+Vocabularies over 65,536 ids (google/pegasus-large has 96,103) are stored with the `split17`
+token codec instead of uint32: `tokens.npy` holds the low 16 bits of every id (uint16, one entry
+per token, so every offset keeps counting tokens) and `high_tokens.npy` the sorted positions of
+the tokens whose id has bit 16 set. SentencePiece/Unigram ids are ordered by piece score, so
+those are rare: 0.85% of Reuters' tokens with a 96,103-id tokenizer, 2.03 bytes per id against 4
+for uint32 (benchmarks/bench_store_bytes.py also measured in-band escapes, 2.04 with their
+per-record code offsets but 6x the decode cost, a frequency remap, 2.14 with its rank->id table,
+and 17-bit packing, 2.125). Access stays O(1) per record: a record without high ids is a view of
+the memory map; otherwise two binary searches find its high positions and a uint32 copy gets
+bit 16 set there.
 
 A store set (`prepare --engine ray`, or `--rows-per-shard N`) is a directory of shard stores
 `shards/NNNNN/` plus `storeset.json` (SET_MANIFEST) written last: shards in order with their
@@ -88,10 +88,10 @@ KIND_FILES = {
     ),
     "finetune": ("source_lengths.npy",),
 }
-ESCAPE16 = "escape16"
-ESCAPE = 0xFFFF
-"""escape16: the code that announces an id >= ESCAPE, as `id - ESCAPE` in the next code."""
-CODEC_FILES = {ESCAPE16: ("record_codes.npy",)}
+SPLIT17 = "split17"
+HIGH_BIT = 1 << 16
+"""split17: ids >= HIGH_BIT are stored as id - HIGH_BIT, their positions in high_tokens.npy."""
+CODEC_FILES = {SPLIT17: ("high_tokens.npy",)}
 
 SET_FORMAT = "pegasus-gsg-store-set"
 SET_FORMAT_VERSION = 1
@@ -138,9 +138,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def token_codec(vocab_size: int) -> str | None:
-    """`escape16` for 65,536 < vocab_size <= 131,070 (2 bytes for nearly every token), else None
+    """`split17` for 65,536 < vocab_size <= 131,072 (2 bytes for nearly every token), else None
     (the plain `token_dtype`)."""
-    return ESCAPE16 if 1 << 16 < vocab_size <= 2 * ESCAPE else None
+    return SPLIT17 if HIGH_BIT < vocab_size <= 2 * HIGH_BIT else None
 
 
 def store_files(kind: str, codec: str | None) -> tuple[str, ...]:
@@ -150,30 +150,14 @@ def store_files(kind: str, codec: str | None) -> tuple[str, ...]:
     return COMMON_FILES + KIND_FILES[kind] + (CODEC_FILES[codec] if codec else ())
 
 
-def escape16_encode(ids: np.ndarray) -> np.ndarray:
-    """Token ids -> escape16 codes (uint16); ids must be < 2 * ESCAPE."""
-    ids = np.asarray(ids, dtype=np.int64)
-    escaped = ids >= ESCAPE
-    first = np.arange(len(ids)) + np.cumsum(escaped) - escaped  # each token's first code
-    out = np.empty(len(ids) + int(escaped.sum()), dtype=np.uint16)
-    out[first] = np.where(escaped, ESCAPE, ids)
-    out[first[escaped] + 1] = ids[escaped] - ESCAPE
-    return out
-
-
-def escape16_decode(codes: np.ndarray) -> np.ndarray:
-    """escape16 codes -> token ids: `codes` itself (a view) when nothing is escaped, else a new
-    uint32 array. A payload is never ESCAPE, so every ESCAPE code starts an escape."""
-    escaped = codes == ESCAPE
-    if not escaped.any():
-        return codes
-    ids = codes.astype(np.uint32)
-    payload = np.empty_like(escaped)
-    payload[0] = False
-    payload[1:] = escaped[:-1]
-    ids[escaped] = ids[payload] + ESCAPE
-    decoded: np.ndarray = ids[~payload]
-    return decoded
+def split17_decode(low: np.ndarray, high_positions: np.ndarray) -> np.ndarray:
+    """Ids from their low 16 bits and the positions (in `low`) of the ids with bit 16 set:
+    `low` itself (a view) when there are none, else a new uint32 array."""
+    if not len(high_positions):
+        return low
+    ids = low.astype(np.uint32)
+    ids[high_positions] += HIGH_BIT
+    return ids
 
 
 def narrowest_uint(max_value: int, smallest: type = np.uint8) -> np.dtype:
@@ -366,8 +350,8 @@ class TokenStore:
         self.tokens: np.ndarray = self._arrays["tokens.npy"]
         self.record_tokens: np.ndarray = self._arrays["record_tokens.npy"]
         self.source_rows: np.ndarray = self._arrays["source_rows.npy"]
-        """`tokens` holds the ids, or with a codec (`escape16`) the codes: read ids with
-        `record_ids`, `sentences` or `pair`."""
+        """`tokens` holds the ids, or with the `split17` codec their low 16 bits: read ids
+        with `record_ids`, `sentences` or `pair`."""
         self._check_shapes()
         self._target_lengths: dict[float, np.ndarray] = {}
 
@@ -408,11 +392,11 @@ class TokenStore:
         m = self.manifest
         r, t = m["num_records"], m["num_tokens"]
         wrong = []
-        if self.codec == ESCAPE16:
-            if self.tokens.dtype != np.uint16 or len(self.tokens) != m["num_codes"]:
+        if self.codec == SPLIT17:
+            if self.tokens.dtype != np.uint16 or len(self.tokens) != t:
                 wrong.append(f"tokens.npy is {self.tokens.dtype}[{len(self.tokens)}]")
-            if len(self._arrays["record_codes.npy"]) != r + 1:
-                wrong.append("record_codes.npy does not have num_records + 1 entries")
+            if len(self._arrays["high_tokens.npy"]) != m["num_high_tokens"]:
+                wrong.append("high_tokens.npy does not have num_high_tokens entries")
         elif self.tokens.dtype != self.dtype or len(self.tokens) != t:
             wrong.append(f"tokens.npy is {self.tokens.dtype}[{len(self.tokens)}]")
         if len(self.record_tokens) != r + 1:
@@ -503,17 +487,19 @@ class TokenStore:
         return int(rec_sent[i + 1]) - int(rec_sent[i])
 
     def record_ids(self, i: int) -> np.ndarray:
-        """Record i's token ids: a view into the memory map, or decoded (escape16)."""
+        """Record i's token ids: a view into the memory map, or decoded (split17)."""
         i = self._check_index(i)
+        start, end = int(self.record_tokens[i]), int(self.record_tokens[i + 1])
+        low = self.tokens[start:end]
         if self.codec is None:
-            return self.tokens[int(self.record_tokens[i]) : int(self.record_tokens[i + 1])]
-        rec_codes = self._arrays["record_codes.npy"]
-        codes = self.tokens[int(rec_codes[i]) : int(rec_codes[i + 1])]
-        return escape16_decode(codes)
+            return low
+        high = self._arrays["high_tokens.npy"]
+        first, last = np.searchsorted(high, (start, end))
+        return split17_decode(low, high[first:last] - start)
 
     def sentences(self, i: int) -> list[np.ndarray]:
         """pretrain: record i's token ids per sentence (views into the memory map, or into the
-        decoded record for escape16)."""
+        decoded record for split17)."""
         self._need("pretrain", "sentences")
         i = self._check_index(i)
         rec_sent = self._arrays["record_sentences.npy"]
@@ -593,19 +579,12 @@ def _structure_problems(store: TokenStore) -> list[str]:
     total = int(store.manifest["num_tokens"])
     if len(rec) and (rec[0] != 0 or rec[-1] != total or np.any(np.diff(rec) < 0)):
         problems.append("record_tokens.npy is not a 0-based increasing offset array")
-    if store.codec == ESCAPE16:
-        escaped = np.flatnonzero(store.tokens == ESCAPE)
-        if len(escaped) and (
-            escaped[-1] + 1 >= len(store.tokens)
-            or int(store.tokens[escaped + 1].max()) >= store.vocab_size - ESCAPE
-        ):
-            problems.append(f"an escaped token id is >= the vocabulary size {store.vocab_size}")
-        rec_codes = store._arrays["record_codes.npy"].astype(np.int64)
-        escapes = np.concatenate([[0], np.cumsum(store.tokens == ESCAPE)])
-        if rec_codes[-1] != len(store.tokens) or not np.array_equal(
-            np.diff(rec_codes) - np.diff(escapes[rec_codes]), np.diff(rec)
-        ):
-            problems.append("record_codes.npy does not match record_tokens.npy")
+    if store.codec == SPLIT17:
+        high = store._arrays["high_tokens.npy"].astype(np.int64)
+        if len(high) and (np.any(np.diff(high) <= 0) or high[0] < 0 or high[-1] >= total):
+            problems.append("high_tokens.npy is not increasing positions within tokens.npy")
+        elif len(high) and int(store.tokens[high].max()) >= store.vocab_size - HIGH_BIT:
+            problems.append(f"a token id is >= the vocabulary size {store.vocab_size}")
     elif len(store.tokens) and int(store.tokens.max()) >= store.vocab_size:
         problems.append(f"a token id is >= the vocabulary size {store.vocab_size}")
     if store.kind == "pretrain":

@@ -1,4 +1,4 @@
-"""escape16: 96,103-id vocabularies in ~2 bytes per token, with O(1) record access."""
+"""split17: 96,103-id vocabularies in ~2 bytes per token, with O(1) record access."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ from hypothesis import strategies as st
 from pegasus_gsg.cli import main
 from pegasus_gsg.prepare import PrepareConfig, _assemble
 from pegasus_gsg.store import (
-    ESCAPE,
+    HIGH_BIT,
     TokenStore,
-    escape16_decode,
-    escape16_encode,
+    split17_decode,
     token_codec,
     verify_store,
 )
@@ -25,22 +24,24 @@ PEGASUS_VOCAB = 96_103
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(st.integers(0, PEGASUS_VOCAB - 1) | st.integers(ESCAPE - 2, ESCAPE + 2), max_size=200)
+    st.lists(
+        st.integers(0, PEGASUS_VOCAB - 1) | st.integers(HIGH_BIT - 2, HIGH_BIT + 2), max_size=200
+    )
 )
-def test_encode_then_decode_is_the_identity(ids: list[int]) -> None:
-    codes = escape16_encode(np.asarray(ids, dtype=np.int64))
-    assert codes.dtype == np.uint16
-    assert len(codes) == len(ids) + sum(i >= ESCAPE for i in ids)
-    decoded = escape16_decode(codes)
+def test_low_bits_and_high_positions_decode_to_the_ids(ids: list[int]) -> None:
+    array = np.asarray(ids, dtype=np.int64)
+    low = (array & (HIGH_BIT - 1)).astype(np.uint16)
+    high = np.flatnonzero(array >= HIGH_BIT)
+    decoded = split17_decode(low, high)
     assert decoded.tolist() == ids
-    if all(i < ESCAPE for i in ids):
-        assert np.shares_memory(decoded, codes) or not ids  # no escape: a view, no copy
+    if not len(high):
+        assert decoded is low  # no high id: the view itself, no copy
 
 
 def test_codec_choice_by_vocabulary_size() -> None:
     assert token_codec(32_000) is None and token_codec(65_536) is None
-    assert token_codec(65_537) == "escape16" and token_codec(PEGASUS_VOCAB) == "escape16"
-    assert token_codec(131_071) is None  # a payload could equal the escape code: uint32
+    assert token_codec(65_537) == "split17" and token_codec(PEGASUS_VOCAB) == "split17"
+    assert token_codec(131_072) == "split17" and token_codec(131_073) is None  # uint32
 
 
 def zipf_records(rng: np.random.Generator, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -67,7 +68,7 @@ def chunk(records, first_row: int) -> dict[str, np.ndarray]:
     }
 
 
-def test_a_96k_store_round_trips_with_2_bytes_per_id_below_65535(tmp_path: Path) -> None:
+def test_a_96k_store_round_trips_with_2_bytes_per_id(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     records = zipf_records(rng, 300)
     base = {
@@ -84,22 +85,22 @@ def test_a_96k_store_round_trips_with_2_bytes_per_id_below_65535(tmp_path: Path)
     manifest = _assemble(
         chunks, out, tmp_path / "tmp", base, PrepareConfig("finetune"), np.dtype(np.uint32)
     )
-    assert manifest["token_codec"] == "escape16" and manifest["dtype"] == "uint32"
+    assert manifest["token_codec"] == "split17" and manifest["dtype"] == "uint32"
     tokens = sum(len(d) + len(s) for d, s in records)
-    assert manifest["num_tokens"] == tokens and manifest["num_codes"] > tokens  # some escapes
+    high = sum(int(np.count_nonzero(np.concatenate(r) >= HIGH_BIT)) for r in records)
+    assert manifest["num_tokens"] == tokens and manifest["num_high_tokens"] == high > 0
     store = TokenStore.open(out)
     for i in (0, 1, 7, 149, 150, 299, -1):
         document, summary = store.pair(i)
         assert document.tolist() == records[i][0].tolist()
         assert summary.tolist() == records[i][1].tolist()
     assert store.lengths().tolist() == [len(d) for d, _ in records]
-    high = sum(int(np.count_nonzero(np.concatenate(r) >= ESCAPE)) for r in records)
-    assert manifest["num_codes"] == tokens + high  # 2 bytes per id, 4 per id >= 65,535
-    assert (out / "tokens.npy").stat().st_size == 128 + 2 * (tokens + high)
+    assert (out / "tokens.npy").stat().st_size == 128 + 2 * tokens  # 2 bytes per id
+    assert (out / "high_tokens.npy").stat().st_size == 128 + 4 * high  # + 4 per id >= 65,536
     assert verify_store(out) == []
     assert main(["verify", str(out)]) == 0
-    # A flipped code is caught by the hashes; record_codes must agree with record_tokens.
-    codes = np.load(out / "tokens.npy", mmap_mode="r+")
-    codes[10] ^= 1
-    codes.flush()
+    # A flipped bit is caught by the hashes.
+    low = np.load(out / "tokens.npy", mmap_mode="r+")
+    low[10] ^= 1
+    low.flush()
     assert verify_store(out)[0].startswith("tokens.npy: sha256")
