@@ -494,7 +494,8 @@ class TokenStore:
         if self.codec is None:
             return low
         high = self._arrays["high_tokens.npy"]
-        first, last = np.searchsorted(high, (start, end))
+        # Search with high's own dtype: mixed dtypes would convert the whole array per call.
+        first, last = np.searchsorted(high, np.array((start, end), dtype=high.dtype))
         return split17_decode(low, high[first:last] - start)
 
     def sentences(self, i: int) -> list[np.ndarray]:
