@@ -12,7 +12,7 @@ All of reuters21578_en is prepared (one store, `prepare pretrain`) with
   uint32 ids;
 - 16k: a 16,000-id tokenizer trained on the first 5,000 Reuters documents (uint16, unchanged).
 
-Reported per store: bytes/token of the ids (tokens.npy plus, for split17, high_tokens.npy) and
+Reported per store: bytes/token of the ids (tokens.npy, for split17 + high_tokens, record_high) and
 of the whole store (every file, manifest included); for the 96k ids the alternatives computed
 from the same ids: in-band escapes (ids >= 65,535 as two codes; measured before with its
 per-record code offsets: 2.039 ids, 1,637 us per 64-record decode), the same after a frequency
@@ -72,7 +72,7 @@ def build(source: Path, tokenizer: Path, out: Path, plain: bool = False) -> dict
 
 def sizes(out: Path, manifest: dict) -> dict[str, float]:
     tokens = manifest["num_tokens"]
-    id_files = ("tokens.npy", "high_tokens.npy")
+    id_files = ("tokens.npy", "high_tokens.npy", "record_high.npy")
     ids = sum((out / f).stat().st_size for f in id_files if (out / f).exists())
     whole = sum(p.stat().st_size for p in out.iterdir())
     return {"ids": ids / tokens, "whole": whole / tokens}

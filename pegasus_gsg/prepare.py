@@ -576,6 +576,9 @@ def _assemble(
             arrays["high_tokens.npy"] = builder.create(
                 "high_tokens.npy", offsets_dtype(max(t - 1, 0)), num_high
             )
+            arrays["record_high.npy"] = builder.create(
+                "record_high.npy", offsets_dtype(num_high), r + 1
+            )
         arrays["record_tokens.npy"] = builder.create("record_tokens.npy", offsets_dtype(t), r + 1)
         arrays["source_rows.npy"] = builder.create("source_rows.npy", offsets_dtype(last_row), r)
         if config.kind == "pretrain":
@@ -643,7 +646,10 @@ def _fill(
             lengths = chunk["record_lengths"]
             n, tokens = len(lengths), chunk["tokens"]
             if split17:
-                high = np.flatnonzero(tokens >= HIGH_BIT)
+                is_high = tokens >= HIGH_BIT
+                high = np.flatnonzero(is_high)
+                before = np.concatenate([[0], np.cumsum(is_high)])
+                arrays["record_high.npy"][r : r + n + 1] = h + before[np.cumsum([0, *lengths])]
                 arrays["high_tokens.npy"][h : h + len(high)] = t + high
                 h += len(high)
                 arrays["tokens.npy"][t : t + len(tokens)] = tokens & (HIGH_BIT - 1)

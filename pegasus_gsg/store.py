@@ -27,8 +27,8 @@ those are rare: 0.85% of Reuters' tokens with a 96,103-id tokenizer, 2.03 bytes 
 for uint32 (benchmarks/bench_store_bytes.py also measured in-band escapes, 2.04 with their
 per-record code offsets but 6x the decode cost, a frequency remap, 2.14 with its rank->id table,
 and 17-bit packing, 2.125). Access stays O(1) per record: a record without high ids is a view of
-the memory map; otherwise two binary searches find its high positions and a uint32 copy gets
-bit 16 set there.
+the memory map; otherwise `record_high.npy` (R+1 offsets into the positions) gives its high
+positions and a uint32 copy gets bit 16 set there.
 
 A store set (`prepare --engine ray`, or `--rows-per-shard N`) is a directory of shard stores
 `shards/NNNNN/` plus `storeset.json` (SET_MANIFEST) written last: shards in order with their
@@ -91,7 +91,7 @@ KIND_FILES = {
 SPLIT17 = "split17"
 HIGH_BIT = 1 << 16
 """split17: ids >= HIGH_BIT are stored as id - HIGH_BIT, their positions in high_tokens.npy."""
-CODEC_FILES = {SPLIT17: ("high_tokens.npy",)}
+CODEC_FILES = {SPLIT17: ("high_tokens.npy", "record_high.npy")}
 
 SET_FORMAT = "pegasus-gsg-store-set"
 SET_FORMAT_VERSION = 1
@@ -397,6 +397,8 @@ class TokenStore:
                 wrong.append(f"tokens.npy is {self.tokens.dtype}[{len(self.tokens)}]")
             if len(self._arrays["high_tokens.npy"]) != m["num_high_tokens"]:
                 wrong.append("high_tokens.npy does not have num_high_tokens entries")
+            if len(self._arrays["record_high.npy"]) != r + 1:
+                wrong.append("record_high.npy does not have num_records + 1 entries")
         elif self.tokens.dtype != self.dtype or len(self.tokens) != t:
             wrong.append(f"tokens.npy is {self.tokens.dtype}[{len(self.tokens)}]")
         if len(self.record_tokens) != r + 1:
@@ -493,10 +495,11 @@ class TokenStore:
         low = self.tokens[start:end]
         if self.codec is None:
             return low
-        high = self._arrays["high_tokens.npy"]
-        # Search with high's own dtype: mixed dtypes would convert the whole array per call.
-        first, last = np.searchsorted(high, np.array((start, end), dtype=high.dtype))
-        return split17_decode(low, high[first:last] - start)
+        record_high = self._arrays["record_high.npy"]
+        first, last = int(record_high[i]), int(record_high[i + 1])
+        if first == last:
+            return low
+        return split17_decode(low, self._arrays["high_tokens.npy"][first:last] - start)
 
     def sentences(self, i: int) -> list[np.ndarray]:
         """pretrain: record i's token ids per sentence (views into the memory map, or into the
@@ -586,6 +589,9 @@ def _structure_problems(store: TokenStore) -> list[str]:
             problems.append("high_tokens.npy is not increasing positions within tokens.npy")
         elif len(high) and int(store.tokens[high].max()) >= store.vocab_size - HIGH_BIT:
             problems.append(f"a token id is >= the vocabulary size {store.vocab_size}")
+        per_record = np.searchsorted(high, rec)
+        if not np.array_equal(per_record, store._arrays["record_high.npy"].astype(np.int64)):
+            problems.append("record_high.npy does not match high_tokens.npy")
     elif len(store.tokens) and int(store.tokens.max()) >= store.vocab_size:
         problems.append(f"a token id is >= the vocabulary size {store.vocab_size}")
     if store.kind == "pretrain":
