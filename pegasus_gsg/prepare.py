@@ -37,23 +37,35 @@ keeps the counts and the first few messages. Records outside `--split` are count
 the manifest also counts the `split` values seen, and preparing a corpus that mixes several
 splits without `--split` (test data in a training set) logs a warning.
 
-Fault injection for tests: with `PEGASUS_GSG_STOP_AFTER_CHUNKS=k` in the environment the run
-stops itself (SIGSTOP) after writing k chunks, so a test can kill -9 it at a known point.
+Store sets (`--engine ray`, or `--rows-per-shard N` with either engine): the unit of work is a
+run of at most N rows of one input file (a whole small file, or a fixed slice of a large one).
+Each unit becomes one shard store `OUT.partial/shards/NNNNN/` (`prepare_unit`, the same function
+whichever engine runs it; its manifest, written last by StoreBuilder, is its completion marker).
+`--engine local` runs the units in this process or a pool of `--num-proc` processes; `--engine
+ray` runs them as Ray tasks (`ray.init()` starts a local instance; `--ray-address auto` or
+HOST:PORT joins a cluster whose nodes share OUT's file system). A unit reads only its own rows
+and writes only its own shard, so a task that dies (worker or node lost) is simply run again by
+Ray (`max_retries`) and produces the same bytes; a driver that dies leaves finished shards in
+OUT.partial, which a rerun of the same command skips. When every shard is there the driver
+writes `storeset.json` (store.py) and renames OUT.partial to OUT. The same inputs and options
+give byte-identical shards, and so the same set checksum, with either engine.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import hashlib
 import json
 import logging
 import math
 import multiprocessing
 import os
 import shutil
-import signal
+import socket
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,30 +75,45 @@ from tqdm.auto import tqdm
 from pegasus_gsg import __version__
 from pegasus_gsg.gsg import STRATEGIES, check_strategy, example_rng, rank_sentences
 from pegasus_gsg.sentences import split_sentences
-from pegasus_gsg.sources import Row, Source, iter_chunks, open_sources, source_manifest
+from pegasus_gsg.sources import (
+    Row,
+    Source,
+    iter_chunks,
+    iter_unit_rows,
+    open_sources,
+    source_manifest,
+)
 from pegasus_gsg.store import (
     FORMAT,
     FORMAT_VERSION,
+    HIGH_BIT,
+    KINDS,
     MANIFEST,
+    SET_FORMAT,
+    SET_FORMAT_VERSION,
+    SET_MANIFEST,
     StoreBuilder,
     narrowest_uint,
     offsets_dtype,
     read_manifest,
+    read_set_manifest,
+    set_checksum,
+    token_codec,
     token_dtype,
     write_json_atomic,
     writer_tag,
 )
-from pegasus_gsg.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("pretrain", "finetune")
+ENGINES = ("local", "ray")
 SKIP_REASONS = ("bad_json", "missing_field", "not_text", "empty")
 """Why a row was skipped; all but `empty` are errors unless `skip_bad`."""
 MAX_SKIP_EXAMPLES = 10
 MAX_SPLIT_VALUES = 20
 NO_SPLIT = "(no split field)"
-STOP_AFTER_ENV = "PEGASUS_GSG_STOP_AFTER_CHUNKS"
+DEFAULT_ROWS_PER_SHARD = 50_000
+RAY_MAX_RETRIES = 4
 
 
 @dataclass
@@ -123,6 +150,13 @@ class PrepareConfig:
     """Replace an existing store at the output path made from other inputs or options."""
     progress: bool = False
     """Show a tqdm progress bar."""
+    engine: str = "local"
+    """`local` (this machine) or `ray` (Ray tasks; always writes a store set)."""
+    ray_address: str | None = None
+    """engine ray: None starts a local Ray instance; `auto` or HOST:PORT joins a cluster."""
+    rows_per_shard: int | None = None
+    """Write a store set of shards of at most this many rows of one input file (default for
+    engine ray: DEFAULT_ROWS_PER_SHARD); None with engine local: one store, as before."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -144,6 +178,20 @@ class PrepareConfig:
             )
         if self.kind == "finetune" and self.summary_field == self.text_field:
             raise ValueError(f"text and summary fields are both {self.text_field!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.ray_address is not None and self.engine != "ray":
+            raise ValueError(f"--ray-address {self.ray_address} needs --engine ray")
+        if self.engine == "ray" and self.rows_per_shard is None:
+            self.rows_per_shard = DEFAULT_ROWS_PER_SHARD
+        if self.rows_per_shard is not None:
+            if self.rows_per_shard < 1:
+                raise ValueError(f"rows_per_shard must be >= 1, got {self.rows_per_shard}")
+            if self.num_shards > 1:
+                raise ValueError(
+                    "--shard I/N splits a single store by hand; a store set (--engine ray or "
+                    "--rows-per-shard) is cut into shards by the job itself: use one or the other"
+                )
 
     @property
     def fields(self) -> list[str]:
@@ -203,13 +251,21 @@ class _Worker:
 
 
 def _init_worker(tokenizer: str | Any, config: PrepareConfig, dtype: str, single: bool) -> None:
-    """Set up a worker; `tokenizer` is a loaded tokenizer (in-process) or its directory."""
+    """Set up a worker; `tokenizer` is a loaded tokenizer (in-process) or its directory.
+
+    From a directory only the `tokenizers` backend is loaded (tokenizer.json, what the loaded
+    tokenizer's `backend_tokenizer` is): a fresh worker process (a Ray worker) then never
+    imports transformers and torch, ~4-15 s of start-up per worker on this machine.
+    """
     if not single:
         # One tokenizer thread per process: N processes already use the cores.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     if isinstance(tokenizer, str):
-        tokenizer = load_tokenizer(tokenizer)
-    _Worker.backend = tokenizer.backend_tokenizer
+        from tokenizers import Tokenizer
+
+        _Worker.backend = Tokenizer.from_file(str(Path(tokenizer) / "tokenizer.json"))
+    else:
+        _Worker.backend = tokenizer.backend_tokenizer
     _Worker.config = config
     _Worker.dtype = np.dtype(dtype)
 
@@ -393,13 +449,9 @@ def _write_chunk(work: Path, index: int, arrays: dict[str, np.ndarray]) -> None:
     os.replace(tmp, final)
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
-    with np.load(path) as chunk:
-        meta: dict[str, Any] = json.loads(chunk["meta"].tobytes().decode())
-        return meta
-
-
-def _open_work_dir(work: Path, job: dict[str, Any], config: PrepareConfig) -> None:
+def _open_work_dir(
+    work: Path, job: dict[str, Any], config: PrepareConfig, subdir: str = "chunks"
+) -> None:
     """Create `work` for `job`, or check that an existing one belongs to the same job."""
     job_path = work / "job.json"
     if job_path.exists():
@@ -421,7 +473,7 @@ def _open_work_dir(work: Path, job: dict[str, Any], config: PrepareConfig) -> No
             ", ".join(differs),
         )
         shutil.rmtree(work)
-    (work / "chunks").mkdir(parents=True, exist_ok=True)
+    (work / subdir).mkdir(parents=True, exist_ok=True)
     write_json_atomic(job_path, job)
 
 
@@ -453,56 +505,82 @@ def _map_ordered(
 # ----------------------------------------------------------------------------- assembly
 
 
+Chunk = Path | dict[str, np.ndarray]
+"""A computed chunk: its .npz file in the work dir, or its arrays in memory (a store-set unit)."""
+
+
+@contextlib.contextmanager
+def _open_chunk(chunk: Chunk) -> Iterator[Any]:
+    if isinstance(chunk, Path):
+        with np.load(chunk) as loaded:
+            yield loaded
+    else:
+        yield chunk
+
+
 def _assemble(
-    work: Path,
+    chunks: Sequence[Chunk],
     out: Path,
-    num_chunks: int,
+    tmp: Path,
     base_manifest: dict[str, Any],
     config: PrepareConfig,
     dtype: np.dtype,
+    *,
+    allow_empty: bool = False,
 ) -> dict[str, Any]:
-    """Concatenate every chunk, in order, into the store at `out` (atomically)."""
-    paths = [_chunk_path(work, k) for k in range(num_chunks)]
-    missing = [k for k, p in enumerate(paths) if not p.exists()]
-    if missing:
-        raise ValueError(f"{work}: chunks {missing[:10]} are missing; rerun their shards")
+    """Concatenate `chunks`, in order, into the store at `out` (built in `tmp`, atomically)."""
     sizes = {"records": 0, "tokens": 0, "sentences": 0, "max_record": 0, "max_sentences": 0}
     skipped: Counter[str] = Counter({reason: 0 for reason in SKIP_REASONS})
     examples: list[str] = []
     filtered = rows = 0
     splits: Counter[str] = Counter()
-    for path in paths:
-        with np.load(path) as chunk:
+    vocab_size = int(base_manifest["vocab_size"])
+    codec = token_codec(vocab_size)
+    num_high = 0  # split17: tokens with an id >= HIGH_BIT
+    last_row = 0  # the largest source row (the single-store case: rows - 1)
+    for chunk_ref in chunks:
+        with _open_chunk(chunk_ref) as chunk:
             meta = json.loads(chunk["meta"].tobytes().decode())
             lengths = chunk["record_lengths"]
             sizes["records"] += len(lengths)
             sizes["tokens"] += int(lengths.sum())
             sizes["max_record"] = max(sizes["max_record"], int(lengths.max(initial=0)))
+            last_row = max(last_row, int(chunk["source_rows"].max(initial=0)))
             if config.kind == "pretrain":
-                counts = chunk["sentence_counts"]
-                sizes["sentences"] += int(counts.sum())
-                sizes["max_sentences"] = max(sizes["max_sentences"], int(counts.max(initial=0)))
+                sentence_counts = chunk["sentence_counts"]
+                sizes["sentences"] += int(sentence_counts.sum())
+                sizes["max_sentences"] = max(
+                    sizes["max_sentences"], int(sentence_counts.max(initial=0))
+                )
+            if codec:
+                num_high += int(np.count_nonzero(chunk["tokens"] >= HIGH_BIT))
         skipped.update(meta["skipped"])
         examples.extend(meta["skipped_examples"][: MAX_SKIP_EXAMPLES - len(examples)])
         filtered += meta["filtered"]
         rows += meta["rows"]
         splits.update(meta["splits"])
-    _warn_about_splits(splits, config.split)
-    if sizes["records"] == 0:
+    if not allow_empty:
+        _warn_about_splits(splits, config.split)
+    if sizes["records"] == 0 and not allow_empty:
         raise ValueError(
             f"no usable records in {rows} input rows (skipped: {dict(skipped)}, outside split "
             f"{config.split!r}: {filtered}); nothing to prepare"
         )
     r, t, s = sizes["records"], sizes["tokens"], sizes["sentences"]
-    builder = StoreBuilder(out, work / f"store-{writer_tag()}")
+    builder = StoreBuilder(out, tmp)
     try:
-        arrays = {
-            "tokens.npy": builder.create("tokens.npy", dtype, t),
-            "record_tokens.npy": builder.create("record_tokens.npy", offsets_dtype(t), r + 1),
-            "source_rows.npy": builder.create(
-                "source_rows.npy", offsets_dtype(max(rows - 1, 0)), r
-            ),
-        }
+        extra: dict[str, Any] = {}
+        arrays = {"tokens.npy": builder.create("tokens.npy", np.uint16 if codec else dtype, t)}
+        if codec:
+            extra = {"token_codec": codec, "num_high_tokens": num_high}
+            arrays["high_tokens.npy"] = builder.create(
+                "high_tokens.npy", offsets_dtype(max(t - 1, 0)), num_high
+            )
+            arrays["record_high.npy"] = builder.create(
+                "record_high.npy", offsets_dtype(num_high), r + 1
+            )
+        arrays["record_tokens.npy"] = builder.create("record_tokens.npy", offsets_dtype(t), r + 1)
+        arrays["source_rows.npy"] = builder.create("source_rows.npy", offsets_dtype(last_row), r)
         if config.kind == "pretrain":
             arrays["record_sentences.npy"] = builder.create(
                 "record_sentences.npy", offsets_dtype(s), r + 1
@@ -511,28 +589,29 @@ def _assemble(
                 "sentence_ends.npy", narrowest_uint(sizes["max_record"], np.uint16), s
             )
             arrays["ranking_order.npy"] = builder.create(
-                "ranking_order.npy", narrowest_uint(sizes["max_sentences"] - 1), s
+                "ranking_order.npy", narrowest_uint(max(sizes["max_sentences"] - 1, 0)), s
             )
             arrays["ranking_scores.npy"] = builder.create("ranking_scores.npy", np.float32, s)
         else:
             arrays["source_lengths.npy"] = builder.create(
                 "source_lengths.npy", narrowest_uint(sizes["max_record"], np.uint16), r
             )
-        _fill(arrays, paths, config.kind)
+        _fill(arrays, chunks, config.kind, codec is not None)
         manifest = {
             **base_manifest,
             "num_records": r,
             "num_tokens": t,
             **({"num_sentences": s} if config.kind == "pretrain" else {}),
             "dtype": dtype.name,
+            **extra,
             "rows_read": rows,
             "skipped": dict(sorted(skipped.items())),
             "skipped_examples": examples,
             "filtered_other_split": filtered,
             "split_values": dict(sorted(splits.most_common(MAX_SPLIT_VALUES))),
         }
-        replace = config.overwrite and out.exists()
-        return builder.commit(manifest, replace=replace)
+        replace_existing = config.overwrite and out.exists()
+        return builder.commit(manifest, replace=replace_existing)
     except BaseException:
         builder.abort()
         raise
@@ -552,16 +631,30 @@ def _warn_about_splits(splits: Counter[str], split: str | None) -> None:
         logger.warning("no record has a `split` field; --split %s kept every record", split)
 
 
-def _fill(arrays: Mapping[str, np.ndarray], paths: list[Path], kind: str) -> None:
-    r = t = s = 0
+def _fill(
+    arrays: dict[str, np.memmap],
+    chunks: Sequence[Chunk],
+    kind: str,
+    split17: bool,
+) -> None:
+    r = t = s = h = 0
     arrays["record_tokens.npy"][0] = 0
     if kind == "pretrain":
         arrays["record_sentences.npy"][0] = 0
-    for path in paths:
-        with np.load(path) as chunk:
+    for chunk_ref in chunks:
+        with _open_chunk(chunk_ref) as chunk:
             lengths = chunk["record_lengths"]
             n, tokens = len(lengths), chunk["tokens"]
-            arrays["tokens.npy"][t : t + len(tokens)] = tokens
+            if split17:
+                is_high = tokens >= HIGH_BIT
+                high = np.flatnonzero(is_high)
+                before = np.concatenate([[0], np.cumsum(is_high)])
+                arrays["record_high.npy"][r : r + n + 1] = h + before[np.cumsum([0, *lengths])]
+                arrays["high_tokens.npy"][h : h + len(high)] = t + high
+                h += len(high)
+                arrays["tokens.npy"][t : t + len(tokens)] = tokens & (HIGH_BIT - 1)
+            else:
+                arrays["tokens.npy"][t : t + len(tokens)] = tokens
             arrays["record_tokens.npy"][r + 1 : r + n + 1] = t + np.cumsum(lengths)
             arrays["source_rows.npy"][r : r + n] = chunk["source_rows"]
             if kind == "pretrain":
@@ -628,13 +721,17 @@ def prepare(
     out: str | Path,
     config: PrepareConfig,
 ) -> PrepareResult:
-    """Prepare `inputs` into the token store `out` (see the module docstring).
+    """Prepare `inputs` into the token store `out`, or the store set `out` when
+    `config.rows_per_shard` is set (engine ray always); see the module docstring.
 
     Raises:
         FileNotFoundError: an input or the tokenizer directory does not exist.
         ValueError: a malformed row (`FILE:LINE: reason`) without `skip_bad`, a missing
-            column, a conflicting existing store or partial directory, or no usable record.
+            column, a conflicting existing store or partial directory, no usable record, or
+            (engine ray) Ray missing or its cluster unreachable.
     """
+    from pegasus_gsg.tokenizer import load_tokenizer, tokenizer_fingerprint
+
     out = Path(out).absolute()  # so that OUT.partial is a sibling even for "." or "x/"
     tokenizer_dir = Path(tokenizer_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -656,6 +753,8 @@ def prepare(
         "gsg": config.content_options()["gsg"],
         "source": source_manifest(sources),
     }
+    if config.rows_per_shard is not None:
+        return _prepare_set(sources, total_rows, tokenizer_dir, out, config, base, dtype)
     work = out.with_name(out.name + ".partial")
     num_chunks = max(1, math.ceil(total_rows / config.chunk_size))
     existing = _existing_store(out, base, config)
@@ -677,19 +776,14 @@ def prepare(
     todo = [k for k in mine if k not in done]
     if done:
         logger.info("resuming: %d of %d chunks already in %s", len(done), len(mine), work)
-    stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
     rows_todo = sum(min(config.chunk_size, total_rows - k * config.chunk_size) for k in todo)
     tasks = iter_chunks(sources, config.chunk_size, set(todo), limit=total_rows)
     with tqdm(
         total=rows_todo, unit="doc", desc=f"prepare {config.kind}", disable=not config.progress
     ) as bar:
-        for written, (index, arrays) in enumerate(
-            _map_ordered(tasks, tokenizer, tokenizer_dir, config, dtype), start=1
-        ):
+        for index, arrays in _map_ordered(tasks, tokenizer, tokenizer_dir, config, dtype):
             _write_chunk(work, index, arrays)
             bar.update(_read_rows(arrays))
-            if written == stop_after:
-                os.kill(os.getpid(), signal.SIGSTOP)
     shard_done = _done_path(work, config.shard_index, config.num_shards)
     write_json_atomic(shard_done, {"chunks": mine})
     waiting = [
@@ -703,8 +797,12 @@ def prepare(
             waiting,
         )
         return PrepareResult(None, None, num_chunks, len(todo), len(done), waiting_for=waiting)
+    paths = [_chunk_path(work, k) for k in range(num_chunks)]
     try:
-        manifest = _assemble(work, out, num_chunks, base, config, dtype)
+        missing = [k for k, p in enumerate(paths) if not p.exists()]
+        if missing:
+            raise ValueError(f"{work}: chunks {missing[:10]} are missing; rerun their shards")
+        manifest = _assemble(paths, out, work / f"store-{writer_tag()}", base, config, dtype)
     except (OSError, ValueError):
         # Another shard may have assembled the same store first and removed the work dir.
         finished = _existing_store(out, base, config) if (out / MANIFEST).exists() else None
@@ -719,4 +817,355 @@ def _read_rows(arrays: dict[str, np.ndarray]) -> int:
     return int(json.loads(arrays["meta"].tobytes().decode())["rows"])
 
 
-__all__ = ["STRATEGIES", "PrepareConfig", "PrepareResult", "parse_shard", "prepare"]
+# ----------------------------------------------------------------------------- store sets
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of a store-set job: rows [lo, hi) of one input file -> shard store `index`."""
+
+    index: int
+    path: str
+    format: str
+    sha256: str
+    first_row: int
+    """Global index (across all inputs) of the file's row `lo`."""
+    lo: int
+    hi: int
+
+    @property
+    def name(self) -> str:
+        return f"shards/{self.index:05d}"
+
+
+def _units(sources: Sequence[Source], total_rows: int, rows_per_shard: int) -> Iterator[Unit]:
+    """The job's units in order: each file cut into runs of `rows_per_shard` rows."""
+    first = index = 0
+    for source in sources:
+        rows = min(source.num_rows, total_rows - first)
+        for lo in range(0, max(rows, 0), rows_per_shard):
+            hi = min(lo + rows_per_shard, rows)
+            yield Unit(index, str(source.path), source.format, source.sha256, first + lo, lo, hi)
+            index += 1
+        first += source.num_rows
+
+
+def _shard_base(base: dict[str, Any], unit: Unit) -> dict[str, Any]:
+    files = [
+        {
+            "name": Path(unit.path).name,
+            "format": unit.format,
+            "sha256": unit.sha256,
+            "rows": [unit.lo, unit.hi],
+        }
+    ]
+    fingerprint = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return {**base, "source": {"files": files, "fingerprint": fingerprint}}
+
+
+_UNIT_WORKER: dict[str, Any] = {}
+
+
+def prepare_unit(
+    unit: Unit, tokenizer_dir: str, config: PrepareConfig, work: str, base: dict[str, Any]
+) -> dict[str, Any]:
+    """Compute one unit into its shard store under `work` (idempotent: a finished shard, found
+    by its manifest, is kept). Runs in whichever process the engine chose; returns the shard's
+    entry of storeset.json.
+
+    Raises:
+        FileNotFoundError: the input file disappeared since the job started.
+        ValueError: a malformed row without `skip_bad` (`FILE:LINE: reason`).
+    """
+    out = Path(work) / unit.name
+    if not (out / MANIFEST).is_file():
+        if _UNIT_WORKER.get("dir") != tokenizer_dir:
+            single = config.engine == "local" and config.num_proc == 1
+            _init_worker(tokenizer_dir, config, base_dtype(base).name, single=single)
+            _UNIT_WORKER["dir"] = tokenizer_dir
+        _Worker.config = config
+        dtype = base_dtype(base)
+        rows = iter_unit_rows(
+            unit.path, unit.format, unit.lo, unit.hi, unit.first_row, config.split
+        )
+        chunks: list[Chunk] = []
+        batch: list[Row] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) == config.chunk_size:
+                chunks.append(_process_chunk((len(chunks), batch))[1])
+                batch = []
+        if batch or not chunks:
+            chunks.append(_process_chunk((len(chunks), batch))[1])
+        shard_config = replace(config, overwrite=False)
+        tmp = out.with_name(f".{out.name}.tmp-{writer_tag()}")
+        try:
+            _assemble(
+                chunks, out, tmp, _shard_base(base, unit), shard_config, dtype, allow_empty=True
+            )
+        except OSError:
+            # Another attempt of this unit (a retried task) finished first: same bytes.
+            if not (out / MANIFEST).is_file():
+                raise
+    manifest = read_manifest(out)
+    return {
+        "path": unit.name,
+        "source": f"{Path(unit.path).name} rows {unit.lo}-{unit.hi}",
+        "rows": unit.hi - unit.lo,
+        "num_records": manifest["num_records"],
+        "num_tokens": manifest["num_tokens"],
+        **({"num_sentences": manifest["num_sentences"]} if "num_sentences" in manifest else {}),
+        "checksum": manifest["checksum"],
+        "skipped": manifest["skipped"],
+        "skipped_examples": manifest["skipped_examples"],
+        "filtered_other_split": manifest["filtered_other_split"],
+        "split_values": manifest["split_values"],
+    }
+
+
+def base_dtype(base: dict[str, Any]) -> np.dtype:
+    """The token dtype of a job's chunks (uint16/uint32 by vocabulary size)."""
+    return token_dtype(int(base["vocab_size"]))
+
+
+def _existing_set(out: Path, base: dict[str, Any], config: PrepareConfig) -> dict[str, Any] | None:
+    """The manifest of a finished store set at `out` made by this very job, else None."""
+    if not out.exists():
+        return None
+    if (out / SET_MANIFEST).is_file():
+        manifest = read_set_manifest(out)
+        differs = [k for k, v in _identity(base).items() if _identity(manifest).get(k) != v]
+        if not differs:
+            return manifest
+        if not config.overwrite:
+            raise ValueError(
+                f"{out} already holds a store set made differently (differs in "
+                f"{', '.join(differs)}); pass --overwrite to replace it"
+            )
+    elif any(out.iterdir()) and not config.overwrite:
+        raise ValueError(f"output {out} exists, is not empty and is not a store set")
+    return None
+
+
+def _prepare_set(
+    sources: Sequence[Source],
+    total_rows: int,
+    tokenizer_dir: Path,
+    out: Path,
+    config: PrepareConfig,
+    base: dict[str, Any],
+    dtype: np.dtype,
+) -> PrepareResult:
+    assert config.rows_per_shard is not None
+    work = out.with_name(out.name + ".partial")
+    units = list(_units(sources, total_rows, config.rows_per_shard))
+    existing = _existing_set(out, base, config)
+    if existing is not None:
+        logger.info("%s already holds this store set (checksum %s)", out, existing["checksum"])
+        return PrepareResult(out, existing, len(units), 0, 0, already_prepared=True)
+    # Ray starts (or connects) first: an unreachable cluster leaves nothing behind, and the
+    # progress bar's documents/s counts only the work. A Ray session the caller started
+    # (ray.init before prepare) is used as it is and left running.
+    ray, ours = _ray_init(config) if config.engine == "ray" else (None, False)
+    try:
+        return _run_set(units, tokenizer_dir, work, out, config, base, dtype, ray)
+    finally:
+        if ours and ray is not None:
+            ray.shutdown()
+
+
+def _run_set(
+    units: list[Unit],
+    tokenizer_dir: Path,
+    work: Path,
+    out: Path,
+    config: PrepareConfig,
+    base: dict[str, Any],
+    dtype: np.dtype,
+    ray: Any,
+) -> PrepareResult:
+    job = {
+        **_identity(base),
+        "rows_per_shard": config.rows_per_shard,
+        "rows": sum(u.hi - u.lo for u in units),
+    }
+    _open_work_dir(work, job, config, subdir="shards")
+    todo = [u for u in units if not (work / u.name / MANIFEST).is_file()]
+    resumed = len(units) - len(todo)
+    if resumed:
+        logger.info("resuming: %d of %d shards already in %s", resumed, len(units), work)
+    args = (str(tokenizer_dir.absolute()), config, str(work), base)
+    bar = tqdm(
+        total=sum(u.hi - u.lo for u in todo),
+        unit="doc",
+        desc=f"prepare {config.kind} ({config.engine})",
+        disable=not config.progress,
+    )
+    with bar:
+        bar.set_postfix_str(f"tasks {resumed}/{len(units)}")
+        finished = resumed
+        done = _run_local(todo, args, config) if ray is None else _run_ray(ray, todo, args)
+        for unit in done:
+            finished += 1
+            _unit_done(bar, unit, finished, len(units))
+    entries = [prepare_unit(u, *args) for u in units]  # all finished: reads their manifests
+    manifest = _set_manifest(entries, base, config, dtype)
+    write_json_atomic(work / SET_MANIFEST, manifest)
+    for leftover in [*work.glob("shards/.*.tmp-*"), work / "job.json"]:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    if out.exists():  # --overwrite, checked by _existing_set
+        shutil.rmtree(out)
+    os.rename(work, out)
+    return PrepareResult(out, manifest, len(units), len(todo), resumed)
+
+
+def _unit_done(bar: Any, unit: Unit, finished: int, total: int) -> None:
+    """The driver's bookkeeping when a unit's shard is finished (a test seam, too)."""
+    bar.update(unit.hi - unit.lo)
+    bar.set_postfix_str(f"tasks {finished}/{total}")
+
+
+def _set_manifest(
+    entries: list[dict[str, Any]], base: dict[str, Any], config: PrepareConfig, dtype: np.dtype
+) -> dict[str, Any]:
+    skipped: Counter[str] = Counter({reason: 0 for reason in SKIP_REASONS})
+    splits: Counter[str] = Counter()
+    examples: list[str] = []
+    for entry in entries:
+        skipped.update(entry["skipped"])
+        entry["skipped"] = {reason: n for reason, n in entry["skipped"].items() if n}
+        splits.update(entry.pop("split_values"))
+        examples.extend(entry.pop("skipped_examples")[: MAX_SKIP_EXAMPLES - len(examples)])
+    totals = {
+        key: sum(e[key] for e in entries)
+        for key in ("rows", "num_records", "num_tokens", "filtered_other_split")
+    }
+    _warn_about_splits(splits, config.split)
+    if totals["num_records"] == 0:
+        raise ValueError(
+            f"no usable records in {totals['rows']} input rows (skipped: {dict(skipped)}, "
+            f"outside split {config.split!r}: {totals['filtered_other_split']}); nothing to "
+            "prepare"
+        )
+    sentences = {}
+    if config.kind == "pretrain":
+        sentences = {"num_sentences": sum(e["num_sentences"] for e in entries)}
+    codec = token_codec(int(base["vocab_size"]))
+    shards = [{k: v for k, v in e.items() if k != "filtered_other_split"} for e in entries]
+    return {
+        **base,
+        "format": SET_FORMAT,
+        "format_version": SET_FORMAT_VERSION,
+        "num_records": totals["num_records"],
+        "num_tokens": totals["num_tokens"],
+        **sentences,
+        "dtype": dtype.name,
+        **({"token_codec": codec} if codec else {}),
+        "rows_read": totals["rows"],
+        "rows_per_shard": config.rows_per_shard,
+        "skipped": dict(sorted(skipped.items())),
+        "skipped_examples": examples,
+        "filtered_other_split": totals["filtered_other_split"],
+        "split_values": dict(sorted(splits.most_common(MAX_SPLIT_VALUES))),
+        "shards": shards,
+        "checksum": set_checksum(shards),
+    }
+
+
+def _call_unit(task: tuple[Unit, tuple[Any, ...]]) -> Unit:
+    unit, args = task
+    prepare_unit(unit, *args)
+    return unit
+
+
+def _run_local(units: list[Unit], args: tuple[Any, ...], config: PrepareConfig) -> Iterator[Unit]:
+    """Units in this process (num_proc 1) or a process pool, yielded as they finish."""
+    tasks = [(u, args) for u in units]
+    if config.num_proc == 1 or len(units) <= 1:
+        yield from map(_call_unit, tasks)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with ctx.Pool(config.num_proc, maxtasksperchild=None) as pool:
+        yield from pool.imap_unordered(_call_unit, tasks)
+
+
+def _ray_init(config: PrepareConfig) -> tuple[Any, bool]:
+    """Import Ray and connect (or start a local instance): (ray, whether this call initialised
+    it). Clear errors for the usual faults."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(
+            "--engine ray needs Ray: pip install 'pegasus-gsg[ray]' (or use --engine local)"
+        ) from None
+    if ray.is_initialized():
+        return ray, False
+    address = config.ray_address
+    if address is not None and address != "auto" and not address.startswith("ray://"):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--ray-address must be auto or HOST:PORT, got {address!r}")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError as err:
+            raise ValueError(
+                f"cannot reach the Ray cluster at {address} ({err}); start one with "
+                "`ray start --head`, or leave out --ray-address for a local Ray instance"
+            ) from None
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+    }
+    if address is None:
+        kwargs["num_cpus"] = config.num_proc
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as err:
+        raise ValueError(f"cannot connect to the Ray cluster at {address}: {err}") from None
+    return ray, True
+
+
+def _run_ray(ray: Any, units: list[Unit], args: tuple[Any, ...]) -> Iterator[Unit]:
+    """Units as Ray tasks (at most 2 per cluster CPU in flight), yielded as they finish.
+
+    A task whose worker or node dies is retried by Ray (RAY_MAX_RETRIES); an error raised by
+    the unit itself (a bad row, a vanished input) is not retried: it stops the job.
+    """
+    if units:
+        remote = ray.remote(num_cpus=1, max_retries=RAY_MAX_RETRIES, retry_exceptions=False)(
+            _call_unit
+        )
+        in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        pending: dict[Any, Unit] = {}
+        queue = collections.deque(units)
+        while queue or pending:
+            while queue and len(pending) < in_flight:
+                unit = queue.popleft()
+                pending[remote.remote((unit, args))] = unit
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            unit = pending.pop(ready[0])
+            try:
+                ray.get(ready[0])
+            except ray.exceptions.RayTaskError as err:
+                cause = err.cause
+                if isinstance(cause, (ValueError, FileNotFoundError)):
+                    raise type(cause)(str(cause)) from None
+                raise
+            yield unit
+
+
+__all__ = [
+    "ENGINES",
+    "STRATEGIES",
+    "PrepareConfig",
+    "PrepareResult",
+    "Unit",
+    "parse_shard",
+    "prepare",
+    "prepare_unit",
+]

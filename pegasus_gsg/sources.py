@@ -9,6 +9,8 @@ Formats, chosen by file suffix (a trailing .gz/.bz2/.xz is looked through):
 - `.json` starting with `[` (an array of objects), `.csv`, `.parquet`: `datasets.load_dataset`.
 - `.txt`: `datasets`' text loader with `sample_by="paragraph"`: documents separated by blank
   lines, each in a `text` field.
+- a directory of such files (C4's layout: `en/c4-train.00000-of-01024.json.gz` ...): every file
+  with a known suffix under it, in path order;
 - a directory written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`: `load_from_disk`
   (a DatasetDict needs a split).
 
@@ -29,13 +31,9 @@ import lzma
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
-_COMPRESSED: dict[str, Callable[..., Any]] = {
-    ".gz": gzip.open,
-    ".bz2": bz2.open,
-    ".xz": lzma.open,
-}
+_COMPRESSED: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _FORMATS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
@@ -93,8 +91,29 @@ def resolve_inputs(patterns: Sequence[str]) -> list[Path]:
             path = Path(pattern)
             if not path.exists():
                 raise FileNotFoundError(f"input {path} does not exist")
-            paths.append(path)
+            if path.is_dir() and not _is_saved(path):
+                paths.extend(_corpus_files(path))
+            else:
+                paths.append(path)
     return paths
+
+
+def _corpus_files(directory: Path) -> list[Path]:
+    """Every input file under `directory` (recursively, sorted by path; C4's
+    `c4-train.00000-of-01024.json.gz` ... in shard order), hidden files left out."""
+    files = sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+        and _suffixes(p)[0] in _FORMATS
+    )
+    if not files:
+        raise FileNotFoundError(
+            f"input directory {directory} holds no {', '.join(_FORMATS)} files (optionally "
+            ".gz/.bz2/.xz) and is not a saved dataset"
+        )
+    return files
 
 
 def _is_saved(path: Path) -> bool:
@@ -113,7 +132,8 @@ def _suffixes(path: Path) -> tuple[str, str | None]:
 def _open_binary(path: Path) -> BinaryIO:
     _, compression = _suffixes(path)
     opener = _COMPRESSED.get(compression) if compression else None
-    return cast(BinaryIO, opener(path, "rb")) if opener else path.open("rb")
+    handle: BinaryIO = opener(path, "rb") if opener else path.open("rb")
+    return handle
 
 
 def _hash_path(path: Path) -> str:
@@ -204,8 +224,8 @@ def open_sources(
             else:
                 dataset = _load_with_datasets(path, fmt)
                 source = Source(path, fmt, len(dataset), _hash_path(path), dataset)
-        if source.dataset is not None:
-            columns = source.columns or []
+        columns = source.columns
+        if columns is not None:
             missing = [c for c in required_columns if c not in columns]
             if missing:
                 raise ValueError(
@@ -345,3 +365,46 @@ def iter_texts(
                     )
                 if value.strip():
                     yield value
+
+
+def iter_unit_rows(
+    path: str, fmt: str, lo: int, hi: int, first_index: int, split: str | None = None
+) -> Iterator[Row]:
+    """Rows [lo, hi) of one input file (a store-set unit), numbered from `first_index`;
+    `split` picks a saved DatasetDict's split.
+
+    Reads only this file; JSON Lines are streamed (rows before `lo` are skipped unparsed), other
+    formats are loaded with `datasets` and sliced.
+
+    Raises:
+        FileNotFoundError: the file disappeared since the job listed it.
+        ValueError: the file now has fewer rows than when the job listed it.
+    """
+    where = Path(path)
+    if not where.exists():
+        raise FileNotFoundError(
+            f"input {where} disappeared while the job was running (it was listed with at least "
+            f"{hi} rows); restore it and rerun, or rerun without it"
+        )
+    count = 0
+    if fmt == "jsonl":
+        source = Source(where, fmt, hi, "")
+        for index, location, raw in _jsonl_rows(source, 0):
+            if index >= hi:
+                break
+            if index >= lo:
+                record, error = parse_jsonl_line(raw, location)
+                yield Row(first_index + index - lo, location, record, error)
+                count += 1
+    else:
+        dataset = _load_saved(where, split) if fmt == "saved" else _load_with_datasets(where, fmt)
+        columns = dataset[lo:hi]
+        for offset in range(len(next(iter(columns.values()), []))):
+            record = {name: values[offset] for name, values in columns.items()}
+            yield Row(first_index + offset, f"{where}: row {lo + offset + 1}", record)
+            count += 1
+    if count != hi - lo:
+        raise ValueError(
+            f"input {where} changed while the job was running: rows {lo}-{hi} were listed, "
+            f"{count} of them are there now"
+        )

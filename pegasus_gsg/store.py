@@ -19,6 +19,24 @@ Arrays (R records, S sentences, T tokens):
 | ranking_scores.npy | S | pretrain: `Ranking.scores` (by sentence index) as float32 |
 | source_lengths.npy | R | finetune: document tokens; the summary is the rest of the record |
 
+Vocabularies over 65,536 ids (google/pegasus-large has 96,103) are stored with the `split17`
+token codec instead of uint32: `tokens.npy` holds the low 16 bits of every id (uint16, one entry
+per token, so every offset keeps counting tokens) and `high_tokens.npy` the sorted positions of
+the tokens whose id has bit 16 set. SentencePiece/Unigram ids are ordered by piece score, so
+those are rare: 0.85% of Reuters' tokens with a 96,103-id tokenizer, 2.03 bytes per id against 4
+for uint32 (benchmarks/bench_store_bytes.py also measured in-band escapes, 2.04 with their
+per-record code offsets but 6x the decode cost, a frequency remap, 2.14 with its rank->id table,
+and 17-bit packing, 2.125). Access stays O(1) per record: a record without high ids is a view of
+the memory map; otherwise `record_high.npy` (R+1 offsets into the positions) gives its high
+positions and a uint32 copy gets bit 16 set there.
+
+A store set (`prepare --engine ray`, or `--rows-per-shard N`) is a directory of shard stores
+`shards/NNNNN/` plus `storeset.json` (SET_MANIFEST) written last: shards in order with their
+input file, rows, counts and checksums, the tokenizer fingerprint and options, and a checksum
+over the shard checksums. `TokenStore.open` on a store set returns a `StoreSet`, which reads as
+one store (global record i is record i - start of the shard holding it) and opens a shard's
+files only when a record of that shard (or the length arrays, for bucketing) is read.
+
 A pretraining record's tokens are the tokenization of the whole document, cut at sentence
 boundaries (prepare.py), so the concatenated sentences are exactly what the tokenizer gives for
 the document. Scores are float32: `Ranking` scores are 2a/b with integer a, b, and float32
@@ -50,7 +68,7 @@ from typing import Any
 
 import numpy as np
 
-from pegasus_gsg.gsg import check_gsr
+from pegasus_gsg.gsg import check_gsr, gap_sentence_counts
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +76,7 @@ FORMAT = "pegasus-gsg-token-store"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 KINDS = ("pretrain", "finetune")
+"""Store kinds: `pretrain` (sentences + GSG ranking) or `finetune` (document/summary pairs)."""
 
 COMMON_FILES = ("tokens.npy", "record_tokens.npy", "source_rows.npy")
 KIND_FILES = {
@@ -69,6 +88,27 @@ KIND_FILES = {
     ),
     "finetune": ("source_lengths.npy",),
 }
+SPLIT17 = "split17"
+HIGH_BIT = 1 << 16
+"""split17: ids >= HIGH_BIT are stored as id - HIGH_BIT, their positions in high_tokens.npy."""
+CODEC_FILES = {SPLIT17: ("high_tokens.npy", "record_high.npy")}
+
+SET_FORMAT = "pegasus-gsg-store-set"
+SET_FORMAT_VERSION = 1
+SET_MANIFEST = "storeset.json"
+SET_REQUIRED_KEYS = (
+    "format",
+    "format_version",
+    "kind",
+    "num_records",
+    "num_tokens",
+    "dtype",
+    "vocab_size",
+    "tokenizer",
+    "options",
+    "shards",
+    "checksum",
+)
 REQUIRED_KEYS = (
     "format",
     "format_version",
@@ -95,6 +135,29 @@ def token_dtype(vocab_size: int) -> np.dtype:
     if vocab_size <= 1 << 32:
         return np.dtype(np.uint32)
     raise ValueError(f"vocab_size {vocab_size} does not fit in uint32 token ids")
+
+
+def token_codec(vocab_size: int) -> str | None:
+    """`split17` for 65,536 < vocab_size <= 131,072 (2 bytes for nearly every token), else None
+    (the plain `token_dtype`)."""
+    return SPLIT17 if HIGH_BIT < vocab_size <= 2 * HIGH_BIT else None
+
+
+def store_files(kind: str, codec: str | None) -> tuple[str, ...]:
+    """The data files of a store of `kind` written with token codec `codec`."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return COMMON_FILES + KIND_FILES[kind] + (CODEC_FILES[codec] if codec else ())
+
+
+def split17_decode(low: np.ndarray, high_positions: np.ndarray) -> np.ndarray:
+    """Ids from their low 16 bits and the positions (in `low`) of the ids with bit 16 set:
+    `low` itself (a view) when there are none, else a new uint32 array."""
+    if not len(high_positions):
+        return low
+    ids = low.astype(np.uint32)
+    ids[high_positions] += HIGH_BIT
+    return ids
 
 
 def narrowest_uint(max_value: int, smallest: type = np.uint8) -> np.dtype:
@@ -245,7 +308,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         )
     if manifest["kind"] not in KINDS:
         raise ValueError(f"{manifest_path}: kind must be one of {KINDS}, got {manifest['kind']!r}")
-    expected = COMMON_FILES + KIND_FILES[manifest["kind"]]
+    codec = manifest.get("token_codec")
+    if codec is not None and codec not in CODEC_FILES:
+        raise ValueError(f"{manifest_path}: unknown token_codec {codec!r}")
+    expected = store_files(manifest["kind"], codec)
     files = manifest["files"]
     absent = [name for name in expected if name not in files]
     if absent:
@@ -274,15 +340,18 @@ class TokenStore:
         self.kind: str = manifest["kind"]
         self.dtype = np.dtype(manifest["dtype"])
         self.vocab_size: int = manifest["vocab_size"]
-        names = COMMON_FILES + KIND_FILES[self.kind]
+        self.codec: str | None = manifest.get("token_codec")
+        names = store_files(self.kind, self.codec)
         # Plain ndarray views of the memmaps: still backed by the mapped pages, but slicing skips
         # np.memmap's Python-level __getitem__/__array_finalize__ (~30% of a loader step).
-        self._arrays = {
+        self._arrays: dict[str, np.ndarray] = {
             name: np.load(path / name, mmap_mode="r").view(np.ndarray) for name in names
         }
         self.tokens: np.ndarray = self._arrays["tokens.npy"]
         self.record_tokens: np.ndarray = self._arrays["record_tokens.npy"]
         self.source_rows: np.ndarray = self._arrays["source_rows.npy"]
+        """`tokens` holds the ids, or with the `split17` codec their low 16 bits: read ids
+        with `record_ids`, `sentences` or `pair`."""
         self._check_shapes()
         self._target_lengths: dict[float, np.ndarray] = {}
 
@@ -299,7 +368,8 @@ class TokenStore:
             ValueError: incomplete or corrupt store, or a tokenizer mismatch.
         """
         path = Path(path)
-        manifest = read_manifest(path)
+        is_set = (path / SET_MANIFEST).is_file()
+        manifest = read_set_manifest(path) if is_set else read_manifest(path)
         if verify:
             problems = verify_store(path)
             if problems:
@@ -316,13 +386,20 @@ class TokenStore:
                     f"with the given one ({ours[:12]}, {len(tokenizer)} ids); prepare the "
                     "corpus again with this tokenizer"
                 )
-        return cls(path, manifest)
+        return StoreSet(path, manifest) if is_set else cls(path, manifest)
 
     def _check_shapes(self) -> None:
         m = self.manifest
         r, t = m["num_records"], m["num_tokens"]
         wrong = []
-        if self.tokens.dtype != self.dtype or len(self.tokens) != t:
+        if self.codec == SPLIT17:
+            if self.tokens.dtype != np.uint16 or len(self.tokens) != t:
+                wrong.append(f"tokens.npy is {self.tokens.dtype}[{len(self.tokens)}]")
+            if len(self._arrays["high_tokens.npy"]) != m["num_high_tokens"]:
+                wrong.append("high_tokens.npy does not have num_high_tokens entries")
+            if len(self._arrays["record_high.npy"]) != r + 1:
+                wrong.append("record_high.npy does not have num_records + 1 entries")
+        elif self.tokens.dtype != self.dtype or len(self.tokens) != t:
             wrong.append(f"tokens.npy is {self.tokens.dtype}[{len(self.tokens)}]")
         if len(self.record_tokens) != r + 1:
             wrong.append(f"record_tokens.npy has {len(self.record_tokens)} entries")
@@ -362,9 +439,9 @@ class TokenStore:
     def lengths(self) -> np.ndarray:
         """Per record: source tokens (pretrain: all sentences; finetune: the document)."""
         if self.kind == "finetune":
-            source_lengths: np.ndarray = self._arrays["source_lengths.npy"]
-            return source_lengths
-        return np.diff(self.record_tokens.astype(np.int64))
+            return self._arrays["source_lengths.npy"]
+        lengths: np.ndarray = np.diff(self.record_tokens.astype(np.int64))
+        return lengths
 
     def target_lengths(self, gsr: float = 0.3) -> np.ndarray:
         """Per record: target tokens, without `</s>` (int64).
@@ -384,8 +461,7 @@ class TokenStore:
         rec_sent = self._arrays["record_sentences.npy"].astype(np.int64)
         counts = np.diff(rec_sent)
         first = np.repeat(rec_sent[:-1], counts)  # each sentence's record's first sentence
-        # gsg.num_gap_sentences, vectorised: m = min(int(max(n·gsr, 1)), n).
-        m = np.minimum(np.maximum(counts * gsr, 1.0).astype(np.int64), counts)
+        m = gap_sentence_counts(counts, gsr)
         rank = np.arange(len(first)) - first
         picked = rank < np.repeat(m, counts)
         # ranking_order holds sentence indices within the record: make them global.
@@ -412,18 +488,32 @@ class TokenStore:
         rec_sent = self._arrays["record_sentences.npy"]
         return int(rec_sent[i + 1]) - int(rec_sent[i])
 
+    def record_ids(self, i: int) -> np.ndarray:
+        """Record i's token ids: a view into the memory map, or decoded (split17)."""
+        i = self._check_index(i)
+        start, end = int(self.record_tokens[i]), int(self.record_tokens[i + 1])
+        low = self.tokens[start:end]
+        if self.codec is None:
+            return low
+        record_high = self._arrays["record_high.npy"]
+        first, last = int(record_high[i]), int(record_high[i + 1])
+        if first == last:
+            return low
+        return split17_decode(low, self._arrays["high_tokens.npy"][first:last] - start)
+
     def sentences(self, i: int) -> list[np.ndarray]:
-        """pretrain: record i's token ids per sentence (views into the memory map)."""
+        """pretrain: record i's token ids per sentence (views into the memory map, or into the
+        decoded record for split17)."""
         self._need("pretrain", "sentences")
         i = self._check_index(i)
         rec_sent = self._arrays["record_sentences.npy"]
         s0, s1 = int(rec_sent[i]), int(rec_sent[i + 1])
-        base = int(self.record_tokens[i])
+        ids = self.record_ids(i)
         ends = self._arrays["sentence_ends.npy"][s0:s1].tolist()
         out = []
         start = 0
         for end in ends:
-            out.append(self.tokens[base + start : base + end])
+            out.append(ids[start:end])
             start = end
         return out
 
@@ -445,9 +535,9 @@ class TokenStore:
         """finetune: (document ids, summary ids) of record i, views, no `</s>` appended."""
         self._need("finetune", "pair")
         i = self._check_index(i)
-        start, end = int(self.record_tokens[i]), int(self.record_tokens[i + 1])
-        split = start + int(self._arrays["source_lengths.npy"][i])
-        return self.tokens[start:split], self.tokens[split:end]
+        ids = self.record_ids(i)
+        split = int(self._arrays["source_lengths.npy"][i])
+        return ids[:split], ids[split:]
 
     def source_row(self, i: int) -> int:
         """The input row (0-based, across all input files in order) record i came from."""
@@ -461,6 +551,8 @@ def verify_store(path: str | Path) -> list[str]:
     manifest itself is missing or unusable (see `read_manifest`).
     """
     path = Path(path)
+    if (path / SET_MANIFEST).is_file():
+        return _verify_set(path)
     try:
         manifest = read_manifest(path)
     except ValueError as err:
@@ -488,9 +580,19 @@ def _structure_problems(store: TokenStore) -> list[str]:
     """Invariants a correct writer guarantees (catches a writer bug, not only bit rot)."""
     problems = []
     rec = store.record_tokens.astype(np.int64)
-    if len(rec) and (rec[0] != 0 or rec[-1] != len(store.tokens) or np.any(np.diff(rec) < 0)):
+    total = int(store.manifest["num_tokens"])
+    if len(rec) and (rec[0] != 0 or rec[-1] != total or np.any(np.diff(rec) < 0)):
         problems.append("record_tokens.npy is not a 0-based increasing offset array")
-    if len(store.tokens) and int(store.tokens.max()) >= store.vocab_size:
+    if store.codec == SPLIT17:
+        high = store._arrays["high_tokens.npy"].astype(np.int64)
+        if len(high) and (np.any(np.diff(high) <= 0) or high[0] < 0 or high[-1] >= total):
+            problems.append("high_tokens.npy is not increasing positions within tokens.npy")
+        elif len(high) and int(store.tokens[high].max()) >= store.vocab_size - HIGH_BIT:
+            problems.append(f"a token id is >= the vocabulary size {store.vocab_size}")
+        per_record = np.searchsorted(high, rec)
+        if not np.array_equal(per_record, store._arrays["record_high.npy"].astype(np.int64)):
+            problems.append("record_high.npy does not match high_tokens.npy")
+    elif len(store.tokens) and int(store.tokens.max()) >= store.vocab_size:
         problems.append(f"a token id is >= the vocabulary size {store.vocab_size}")
     if store.kind == "pretrain":
         rec_sent = store._arrays["record_sentences.npy"].astype(np.int64)
@@ -516,4 +618,179 @@ def _structure_problems(store: TokenStore) -> list[str]:
     else:
         if np.any(store.lengths().astype(np.int64) > np.diff(rec)):
             problems.append("source_lengths.npy exceeds a record's tokens")
+    return problems
+
+
+# ----------------------------------------------------------------------------- store sets
+
+
+def set_checksum(shards: list[dict[str, Any]]) -> str:
+    """sha256 over `path:checksum` lines of the shards, in order."""
+    lines = "".join(f"{s['path']}:{s['checksum']}\n" for s in shards)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+SAME_ACROSS_SHARDS = ("kind", "tokenizer.fingerprint", "vocab_size", "options", "token_codec")
+"""What every shard of a set (and the set) must agree on: mixing tokenizers or GSG settings
+in one set would train on ids of two vocabularies or two selection rules."""
+
+
+def _get(manifest: dict[str, Any], key: str) -> Any:
+    value: Any = manifest
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def read_set_manifest(path: str | Path) -> dict[str, Any]:
+    """The parsed `storeset.json` of store set `path`, every listed shard checked present,
+    complete (its manifest) and of the same tokenizer and options as the set.
+
+    Raises:
+        FileNotFoundError: `path` or its storeset.json does not exist.
+        ValueError: the manifest is unreadable or incomplete, a shard is missing, unfinished,
+            changed (checksum) or made with another tokenizer or other options (both named).
+    """
+    path = Path(path)
+    manifest_path = path / SET_MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{path} has no {SET_MANIFEST}: not a finished store set")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{manifest_path} is not valid JSON: {err}") from err
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{manifest_path} must hold a JSON object")
+    missing = [key for key in SET_REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise ValueError(f"{manifest_path} is incomplete: missing {', '.join(missing)}")
+    if manifest["format"] != SET_FORMAT or manifest["format_version"] != SET_FORMAT_VERSION:
+        raise ValueError(
+            f"{manifest_path}: format {manifest['format']!r} version "
+            f"{manifest['format_version']!r}; this code reads {SET_FORMAT!r} version "
+            f"{SET_FORMAT_VERSION}"
+        )
+    if set_checksum(manifest["shards"]) != manifest["checksum"]:
+        raise ValueError(f"{manifest_path}: checksum does not match the listed shard checksums")
+    for shard in manifest["shards"]:
+        where = path / shard["path"]
+        if not (where / MANIFEST).is_file():
+            raise ValueError(
+                f"store set {path}: shard {shard['path']} is missing (listed in "
+                f"{SET_MANIFEST}; {shard['num_records']} records of {shard['source']})"
+            )
+        check_same_job(read_manifest(where), str(where), manifest, str(manifest_path))
+        if read_manifest(where)["checksum"] != shard["checksum"]:
+            raise ValueError(
+                f"store set {path}: shard {shard['path']} has checksum "
+                f"{read_manifest(where)['checksum'][:12]}, {SET_MANIFEST} lists "
+                f"{shard['checksum'][:12]} (replaced by another store)"
+            )
+    return manifest
+
+
+def check_same_job(
+    theirs: dict[str, Any], their_name: str, ours: dict[str, Any], our_name: str
+) -> None:
+    """Refuse two manifests that differ in tokenizer or options, naming both and the values."""
+    for key in SAME_ACROSS_SHARDS:
+        a, b = _get(theirs, key), _get(ours, key)
+        if a != b:
+            raise ValueError(
+                f"{their_name} and {our_name} cannot be read as one store set: {key} is "
+                f"{json.dumps(a, sort_keys=True)} in {their_name} but "
+                f"{json.dumps(b, sort_keys=True)} in {our_name}"
+            )
+
+
+class StoreSet(TokenStore):
+    """A store set read as one store: the TokenStore record API over its shards in order."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.kind = manifest["kind"]
+        self.dtype = np.dtype(manifest["dtype"])
+        self.vocab_size = manifest["vocab_size"]
+        self.codec = manifest.get("token_codec")
+        shards = manifest["shards"]
+        counts = np.asarray([s["num_records"] for s in shards], dtype=np.int64)
+        self.shard_starts = np.concatenate([[0], np.cumsum(counts)])
+        """Global index of each shard's first record (and the total last)."""
+        self._shards: list[TokenStore | None] = [None] * len(shards)
+        self._target_lengths = {}
+
+    def shard(self, k: int) -> TokenStore:
+        """Shard k, opened (manifest checked, files mapped) on first use."""
+        store = self._shards[k]
+        if store is None:
+            where = self.path / self.manifest["shards"][k]["path"]
+            store = self._shards[k] = TokenStore(where, read_manifest(where))
+        return store
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """(shard, record within it) of global record i."""
+        i = self._check_index(i)
+        k = int(np.searchsorted(self.shard_starts, i, side="right")) - 1
+        return k, i - int(self.shard_starts[k])
+
+    def __repr__(self) -> str:
+        return (
+            f"StoreSet({str(self.path)!r}, kind={self.kind!r}, shards="
+            f"{len(self._shards)}, records={len(self)}, tokens={self.manifest['num_tokens']})"
+        )
+
+    def _concat(self, part: str) -> np.ndarray:
+        arrays = [getattr(self.shard(k), part)() for k in range(len(self._shards))]
+        return np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+
+    def lengths(self) -> np.ndarray:
+        return self._concat("lengths").astype(np.int64)
+
+    def target_lengths(self, gsr: float = 0.3) -> np.ndarray:
+        if gsr not in self._target_lengths:
+            parts = [self.shard(k).target_lengths(gsr) for k in range(len(self._shards))]
+            self._target_lengths[gsr] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return self._target_lengths[gsr]
+
+    def sentence_lengths_flat(self) -> np.ndarray:
+        return self._concat("sentence_lengths_flat")
+
+    def num_sentences(self, i: int) -> int:
+        k, j = self.locate(i)
+        return self.shard(k).num_sentences(j)
+
+    def record_ids(self, i: int) -> np.ndarray:
+        k, j = self.locate(i)
+        return self.shard(k).record_ids(j)
+
+    def sentences(self, i: int) -> list[np.ndarray]:
+        k, j = self.locate(i)
+        return self.shard(k).sentences(j)
+
+    def ranking(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        k, j = self.locate(i)
+        return self.shard(k).ranking(j)
+
+    def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        k, j = self.locate(i)
+        return self.shard(k).pair(j)
+
+    def source_row(self, i: int) -> int:
+        k, j = self.locate(i)
+        return self.shard(k).source_row(j)
+
+
+def _verify_set(path: Path) -> list[str]:
+    try:
+        manifest = read_set_manifest(path)
+    except (ValueError, FileNotFoundError) as err:
+        return [str(err)]
+    problems: list[str] = []
+    for shard in manifest["shards"]:
+        problems.extend(f"{shard['path']}: {p}" for p in verify_store(path / shard["path"]))
+    totals = {key: sum(s[key] for s in manifest["shards"]) for key in ("num_records", "num_tokens")}
+    for key, value in totals.items():
+        if value != manifest[key]:
+            problems.append(f"{SET_MANIFEST}: {key} is {manifest[key]}, the shards hold {value}")
     return problems

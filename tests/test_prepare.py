@@ -14,7 +14,7 @@ import pytest
 
 from pegasus_gsg import prepare as prepare_module
 from pegasus_gsg.cli import main
-from pegasus_gsg.prepare import STOP_AFTER_ENV, PrepareConfig, prepare
+from pegasus_gsg.prepare import PrepareConfig, prepare
 from pegasus_gsg.store import MANIFEST, TokenStore
 from tests.conftest import REPO_ROOT, read_jsonl_slice
 
@@ -236,14 +236,15 @@ def test_shards_and_processes_give_the_unsharded_store(tmp_path, tiny_tokenizer_
 @pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_equals_uninterrupted(tmp_path, tiny_tokenizer_dir, reuters):
     out = tmp_path / "store"
-    command = [
-        sys.executable, "-m", "pegasus_gsg", "prepare", "pretrain", "--input", str(reuters),
+    args = [
+        "prepare", "pretrain", "--input", str(reuters),
         "--tokenizer", str(tiny_tokenizer_dir), "--out", str(out), "--chunk-size", "10",
         "--no-progress",
     ]  # fmt: skip
+    command = [sys.executable, "-m", "pegasus_gsg", *args]
     # The run stops itself (SIGSTOP) right after writing its 3rd chunk; then we kill -9 it.
-    env = {**os.environ, STOP_AFTER_ENV: "3"}
-    proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
+    stopping = [sys.executable, str(REPO_ROOT / "tests" / "stop_after.py"), "3", *args]
+    proc = subprocess.Popen(stopping, cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
     _, status = os.waitpid(proc.pid, os.WUNTRACED)
     assert os.WIFSTOPPED(status)
     os.kill(proc.pid, signal.SIGKILL)

@@ -12,6 +12,12 @@ Sharded (one array job per shard, any machines sharing the output's file system)
 Each shard writes its chunks under OUT.partial/; the last one to finish assembles OUT. A run
 that was interrupted (even by kill -9) resumes when started again with the same arguments. See
 pegasus_gsg/prepare.py for the design and pegasus_gsg/store.py for the format.
+
+At corpus scale, a store set (many shard stores, read as one) on a Ray cluster or locally:
+
+    pegasus-gsg prepare pretrain --input 'c4/en/c4-train.*-of-01024.json.gz' \
+        --tokenizer google-pegasus-large --out runs/c4.storeset --engine ray --ray-address auto
+    pegasus-gsg prepare pretrain ... --out runs/c4.storeset --rows-per-shard 50000 --num-proc 2
 """
 
 from __future__ import annotations
@@ -87,6 +93,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help="replace an existing store made from other inputs or options",
         )
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument(
+            "--engine",
+            choices=("local", "ray"),
+            default="local",
+            help="local (default: this machine) or ray (Ray tasks; writes a store set)",
+        )
+        p.add_argument(
+            "--ray-address",
+            metavar="ADDR",
+            help="engine ray: `auto` or HOST:PORT of a running cluster (default: start a local "
+            "Ray instance with --num-proc CPUs)",
+        )
+        p.add_argument(
+            "--rows-per-shard",
+            type=int,
+            metavar="ROWS",
+            help="write a store set whose shards hold at most ROWS rows of one input file "
+            "(default with --engine ray: 50000; without it and engine local: one store)",
+        )
     pretrain.add_argument(
         "--strategy",
         default="ind_orig",
@@ -124,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
         num_shards=num_shards,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        rows_per_shard=args.rows_per_shard,
     )
     result = prepare(args.input, args.tokenizer, args.out, config)
     if result.store is None:
@@ -138,8 +166,9 @@ def run(args: argparse.Namespace) -> int:
     assert m is not None
     state = "already prepared" if result.already_prepared else "prepared"
     sentences = f", {m['num_sentences']:,} sentences" if m["kind"] == "pretrain" else ""
+    what = f"store set ({len(m['shards'])} shards)" if "shards" in m else "store"
     print(
-        f"{state} {m['kind']} store {result.store}: {m['num_records']:,} records, "
+        f"{state} {m['kind']} {what} {result.store}: {m['num_records']:,} records, "
         f"{m['num_tokens']:,} tokens ({m['dtype']}){sentences}; checksum {m['checksum'][:16]}"
     )
     skipped = {reason: n for reason, n in m["skipped"].items() if n}
@@ -150,5 +179,6 @@ def run(args: argparse.Namespace) -> int:
     if m["filtered_other_split"]:
         print(f"outside split {m['options']['split']!r}: {m['filtered_other_split']} records")
     if result.chunks_resumed:
-        print(f"resumed {result.chunks_resumed} of {result.chunks_total} chunks")
+        unit = "shards" if "shards" in m else "chunks"
+        print(f"resumed {result.chunks_resumed} of {result.chunks_total} {unit}")
     return 0
