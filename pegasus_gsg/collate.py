@@ -25,6 +25,30 @@ IGNORE_INDEX = -100
 """Label value ignored by ``torch.nn.CrossEntropyLoss`` (its default ``ignore_index``)."""
 
 
+def pad_rows(rows: Sequence[Sequence[int]], width: int, value: int) -> torch.Tensor:
+    """int64 tensor (len(rows), width): each row on the left, `value` after it."""
+    out = np.full((len(rows), width), value, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return torch.from_numpy(out)
+
+
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder inputs for generation: `(input_ids, attention_mask)`, padded on the right.
+
+    For an encoder-decoder, right padding under a mask leaves every real position's encoding
+    unchanged, so a batched greedy output equals the unbatched one.
+
+    Raises:
+        ValueError: no rows, or an empty row.
+    """
+    if not rows or any(len(row) == 0 for row in rows):
+        raise ValueError("right_pad needs at least one row and no empty rows")
+    width = max(len(row) for row in rows)
+    lengths = torch.tensor([len(row) for row in rows])
+    return pad_rows(rows, width, pad_id), (torch.arange(width) < lengths[:, None]).long()
+
+
 class Seq2SeqCollator:
     """Turns ``[{"input_ids": [...], "labels": [...], ("mlm_labels": [...])}, ...]`` into tensors.
 
@@ -43,12 +67,6 @@ class Seq2SeqCollator:
         m = self.pad_to_multiple_of
         return longest if not m else -(-longest // m) * m
 
-    def _pad(self, rows: Sequence[Sequence[int]], width: int, value: int) -> torch.Tensor:
-        out = np.full((len(rows), width), value, dtype=np.int64)
-        for i, row in enumerate(rows):
-            out[i, : len(row)] = row
-        return torch.from_numpy(out)
-
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("cannot collate an empty batch")
@@ -65,14 +83,14 @@ class Seq2SeqCollator:
             )
         inputs = [f["input_ids"] for f in features]
         input_width = self._width(max(len(x) for x in inputs))
-        input_ids = self._pad(inputs, input_width, self.pad_id)
+        input_ids = pad_rows(inputs, input_width, self.pad_id)
         lengths = torch.tensor([len(x) for x in inputs])
         attention_mask = (torch.arange(input_width) < lengths[:, None]).long()
         labels = [f["labels"] for f in features]
         batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            "labels": self._pad(labels, self._width(max(len(x) for x in labels)), IGNORE_INDEX),
+            "labels": pad_rows(labels, self._width(max(len(x) for x in labels)), IGNORE_INDEX),
         }
         if with_mlm[0]:
             for i, f in enumerate(features):
@@ -82,5 +100,5 @@ class Seq2SeqCollator:
                         f"{len(f['input_ids'])} input_ids; they must align"
                     )
             mlm = [f["mlm_labels"] for f in features]
-            batch["mlm_labels"] = self._pad(mlm, input_width, IGNORE_INDEX)
+            batch["mlm_labels"] = pad_rows(mlm, input_width, IGNORE_INDEX)
         return batch

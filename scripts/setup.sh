@@ -10,5 +10,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}"
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+.venv/bin/python -m pip install --quiet -e ".[dev,ct2]"
 .venv/bin/python -c "import torch, transformers, accelerate, datasets, grpc; print('setup ok: torch', torch.__version__, '| transformers', transformers.__version__)"
