@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -308,13 +309,13 @@ class Ct2Decoder:
         self.manifest: dict[str, Any] = json.loads((self.path / MANIFEST).read_text("utf-8"))
         self.device = device
         self.compute_type = resolve_compute_type(compute_type, device)
-        self.translator = ct2.Translator(
-            str(self.path),
-            device=device,
-            compute_type=self.compute_type,
-            inter_threads=1,
-            intra_threads=threads,
-        )
+        self._translator_kwargs = {
+            "device": device,
+            "compute_type": self.compute_type,
+            "inter_threads": 1,
+            "intra_threads": threads,
+        }
+        self.translator = ct2.Translator(str(self.path), **self._translator_kwargs)
         vocab_file = self.path / "shared_vocabulary.json"
         if not vocab_file.is_file():
             vocab_file = self.path / "target_vocabulary.json"
@@ -346,7 +347,7 @@ class Ct2Decoder:
 
     def _length_kwargs(self, options: GenerationOptions) -> tuple[dict[str, Any], bool]:
         """max/min decoding length, and whether `</s>` is forced at the last position."""
-        forced = self.forced_eos and options.max_new_tokens > options.min_new_tokens
+        forced = self.forced_eos  # transformers forces </s> even over min_new_tokens
         max_len = options.max_new_tokens - 1 if forced else options.max_new_tokens
         return {
             "max_decoding_length": max_len,
@@ -356,11 +357,23 @@ class Ct2Decoder:
             "return_end_token": True,
         }, forced
 
+    def _translator_for(self, options: GenerationOptions) -> Any:
+        """The shared translator, or for a seeded sample a fresh one seeded with it.
+
+        CTranslate2's sampler is a thread-local generator seeded once, when a worker thread
+        first samples; `set_random_seed` later has no effect on it. A new translator has new
+        worker threads, so its first sample starts from the seed (loading from the page cache
+        costs about as much as a few decoding steps on the models we serve).
+        """
+        if not (options.do_sample and options.seed is not None):
+            return self.translator
+        ct2 = _ctranslate2()
+        ct2.set_random_seed(options.seed % 2**32)
+        return ct2.Translator(str(self.path), **self._translator_kwargs)
+
     def _sampling_kwargs(self, options: GenerationOptions) -> dict[str, Any]:
         if not options.do_sample:
             return {"sampling_topk": 1}
-        if options.seed is not None:
-            _ctranslate2().set_random_seed(options.seed)
         return {
             "sampling_topk": 0,  # the whole distribution, cut by top_p
             "sampling_topp": options.top_p,
@@ -392,15 +405,51 @@ class Ct2Decoder:
             def callback(step: Any) -> bool:
                 return should_stop()
 
-        results = self.translator.translate_batch(
+        rerank = forced and options.num_beams > 1 and options.length_penalty != 0
+        results = self._translator_for(options).translate_batch(
             [self.tokens(s) for s in sources],
             beam_size=options.num_beams,
+            num_hypotheses=options.num_beams if rerank else 1,
             length_penalty=options.length_penalty,
             callback=callback,
             **kwargs,
             **self._sampling_kwargs(options),
         )
-        return [self._finish(self._ids(r.hypotheses[0]), forced) for r in results]
+        candidates = [[self._ids(h) for h in r.hypotheses] for r in results]
+        if rerank:
+            return self._rerank_forced(sources, candidates, options)
+        return [self._finish(hyps[0], forced) for hyps in candidates]
+
+    def _rerank_forced(
+        self,
+        sources: Sequence[Sequence[int]],
+        candidates: list[list[list[int]]],
+        options: GenerationOptions,
+    ) -> list[list[int]]:
+        """Pick each beam search's result the way transformers scores a forced `</s>`.
+
+        transformers gives the forced `</s>` log-prob 0 and divides by the full length
+        max_new_tokens**length_penalty; CTranslate2 ranked the unfinished hypothesis by its
+        max_new_tokens - 1 tokens. Rescoring the returned hypotheses exactly (teacher-forced
+        log-probs) with transformers' rule restores its choice.
+        """
+        flat_sources, flat_targets = [], []
+        for source, hyps in zip(sources, candidates, strict=True):
+            for hyp in hyps:
+                flat_sources.append(source)
+                flat_targets.append(hyp)
+        logps = iter(self.score(flat_sources, flat_targets))
+        chosen = []
+        for hyps in candidates:
+            best, best_score = hyps[0], -math.inf
+            for hyp in hyps:
+                total = sum(next(logps))
+                length = len(hyp) if hyp and hyp[-1] == self.eos_id else len(hyp) + 1
+                normalized = total / length**options.length_penalty
+                if normalized > best_score:
+                    best, best_score = hyp, normalized
+            chosen.append(self._finish(best, True))
+        return chosen
 
     def generate_tokens(self, source: Sequence[int], options: GenerationOptions) -> Iterator[int]:
         """Ids of one greedy/sampled summary as they are decoded (closing the iterator stops it)."""
@@ -412,7 +461,7 @@ class Ct2Decoder:
             return
         kwargs.pop("return_end_token")
         last = None
-        for step in self.translator.generate_tokens(
+        for step in self._translator_for(options).generate_tokens(
             self.tokens(source), **kwargs, **self._sampling_kwargs(options)
         ):
             last = step.token_id
