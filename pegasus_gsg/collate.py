@@ -15,6 +15,7 @@ array per key (benchmarks/bench_loader.py compares the two).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ class Seq2SeqCollator:
         m = self.pad_to_multiple_of
         return longest if not m else -(-longest // m) * m
 
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("cannot collate an empty batch")
         for i, feature in enumerate(features):

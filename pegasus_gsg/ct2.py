@@ -34,7 +34,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,9 @@ def model_checksum(model_dir: str | Path) -> str:
 def _converter_class() -> Any:
     ct2 = _ctranslate2()
 
-    class _PegasusConverter(ct2.converters.TransformersConverter):  # type: ignore[misc]
+    base: Any = ct2.converters.TransformersConverter
+
+    class _PegasusConverter(base):  # type: ignore[misc]
         """TransformersConverter that states PEGASUS's layer-norm layout (see module docstring)."""
 
         def load_model(self, model_class: Any, model_name_or_path: str, **kwargs: Any) -> Any:
@@ -451,7 +453,9 @@ class Ct2Decoder:
             chosen.append(self._finish(best, True))
         return chosen
 
-    def generate_tokens(self, source: Sequence[int], options: GenerationOptions) -> Iterator[int]:
+    def generate_tokens(
+        self, source: Sequence[int], options: GenerationOptions
+    ) -> Generator[int, None, None]:
         """Ids of one greedy/sampled summary as they are decoded (closing the iterator stops it)."""
         if options.num_beams != 1:
             raise ValueError(f"streaming needs num_beams == 1, got {options.num_beams}")

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     app = SummarizerServer(listen, lambda: SummarizerModel(args.model, serving))
 
-    def on_signal(signum, frame):
+    def on_signal(signum: int, frame: object) -> None:
         logger.info("received %s", signal.Signals(signum).name)
         threading.Thread(
             target=app.shutdown, args=(args.grace, args.drain_delay), daemon=True

@@ -30,6 +30,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -96,7 +97,7 @@ class Job:
     deadline: float | None = None
     """time.monotonic() after which the result is useless; None = no deadline."""
     streamer: TextIteratorStreamer | None = None
-    future: Future = field(default_factory=Future)
+    future: Future[SummaryResult] = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = field(default_factory=time.monotonic)
 
@@ -136,7 +137,7 @@ class _StopWhenAbandoned(StoppingCriteria):
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
-    ) -> torch.BoolTensor:
+    ) -> torch.Tensor:
         stop = all(job.abandoned() for job in self.jobs)
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
@@ -171,7 +172,8 @@ class TransformersBackend:
             stopping_criteria=StoppingCriteriaList([_StopWhenAbandoned(jobs)]),
             streamer=streamer if options.num_beams == 1 else None,
         )
-        return output.cpu()[:, 1:].tolist()  # drop the decoder start token
+        rows: list[list[int]] = output.cpu()[:, 1:].tolist()  # drop the decoder start token
+        return rows
 
 
 class Ct2Backend:
@@ -212,18 +214,19 @@ class Ct2Backend:
     def _stream(self, job: Job, options: GenerationOptions, base: GenerationConfig) -> list[int]:
         streamer = job.streamer
         assert streamer is not None
-        streamer.put(torch.tensor([base.decoder_start_token_id]))  # the "prompt": skipped
+        start = torch.tensor([base.decoder_start_token_id])
+        streamer.put(start)  # type: ignore[no-untyped-call]  # the "prompt": skipped
         ids: list[int] = []
         tokens = self.decoder.generate_tokens(job.prepared.input_ids, options)
         try:
             for token in tokens:
                 ids.append(token)
-                streamer.put(torch.tensor([token]))
+                streamer.put(torch.tensor([token]))  # type: ignore[no-untyped-call]
                 if job.abandoned():
                     break
         finally:
             tokens.close()
-            streamer.end()
+            streamer.end()  # type: ignore[no-untyped-call]
         return ids
 
 
@@ -303,7 +306,7 @@ class SummarizerModel:
             if isinstance(self.backend, TransformersBackend):
                 config = GenerationConfig.from_model_config(self.backend.config)
             else:
-                config = GenerationConfig()
+                config = GenerationConfig()  # type: ignore[no-untyped-call]
         if config.decoder_start_token_id is None:
             config.decoder_start_token_id = decoder_start
         if config.pad_token_id is None:
@@ -390,7 +393,8 @@ class SummarizerModel:
         results = []
         for row in rows:
             ids = _until_eos(row, eos_ids)
-            results.append((self._decoder.decode(ids, skip_special_tokens=True), len(ids)))
+            text = str(self._decoder.decode(ids, skip_special_tokens=True))
+            results.append((text, len(ids)))
         return results
 
 
@@ -413,7 +417,9 @@ class BatchingStats:
 class Batcher:
     """The one worker thread that owns the model; see the module docstring for the algorithm."""
 
-    def __init__(self, model: SummarizerModel, on_batch=None) -> None:
+    def __init__(
+        self, model: SummarizerModel, on_batch: Callable[[int], None] | None = None
+    ) -> None:
         self.model = model
         self.config = model.config
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=self.config.max_queue)
@@ -424,7 +430,7 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="batching-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Job) -> Future:
+    def submit(self, job: Job) -> Future[SummaryResult]:
         """Queue a job; its future resolves to a `SummaryResult` or an exception.
 
         Raises:
@@ -496,7 +502,7 @@ class Batcher:
         for job in window:
             if job.abandoned(now) or not job.future.set_running_or_notify_cancel():
                 if job.streamer is not None:
-                    job.streamer.end()
+                    job.streamer.end()  # type: ignore[no-untyped-call]
                 if not job.future.done():
                     job.future.set_exception(DroppedError("deadline passed while queued"))
                 self._count(dropped=1)
@@ -562,7 +568,7 @@ class Batcher:
 
     def _finish_failed(self, job: Job, err: Exception) -> None:
         if job.streamer is not None:
-            job.streamer.end()  # unblock the handler reading the stream
+            job.streamer.end()  # type: ignore[no-untyped-call]  # unblock the stream reader
         if not job.future.done():
             job.future.set_exception(err)
         self._count(failed=1)
