@@ -275,6 +275,12 @@ class SummarizerModel:
                 f"max_position_embeddings ({position_limit})"
             )
         self.defaults = self._default_options()
+        if isinstance(self.backend, Ct2Backend) and not self.base_generation_config.early_stopping:
+            logger.warning(
+                "generation config has early_stopping=False: CTranslate2 ends a beam search "
+                "once num_beams hypotheses have finished (transformers' early_stopping=True), "
+                "so beam-search summaries may differ from the transformers backend"
+            )
         logger.info(
             "loaded %s on %s with %s (%s): vocab %d, max input tokens %d",
             self.model_dir,
