@@ -1,28 +1,33 @@
-"""Server load benchmark: the batching server against a naive one-at-a-time server, same run.
+"""Server load benchmark: generation backends side by side in one run, plus a soak.
 
 Setup (cached under --work-dir, nothing written into the repo): a tokenizer trained on real
 text (AESLC email bodies + Reuters news from ../shared/data) and a random-weight PEGASUS of
---d-model with --layers encoder and decoder layers, saved with `save_pretrained`. Random weights
-rarely emit `</s>`, so every request decodes --max-new-tokens tokens: uniform, honest work.
+--d-model (default 512) with --layers (default 6) encoder and decoder layers, saved with
+`save_pretrained`. Every request asks min_new_tokens = max_new_tokens, so each decodes exactly
+--max-new-tokens tokens whatever the weights: uniform, honest work for every backend.
 
-1. Load: both servers run as separate processes on 127.0.0.1 with the same torch thread count:
-   `python -m server` (batching worker) and the naive server below (one request at a time
-   through `model.generate` under a lock, same proto). For each repeat and concurrency level
-   (1, 4, 16) a load generator sends the same --requests real AESLC documents (truncated to
-   --max-input-tokens) from that many client threads; servers alternate so machine noise hits
-   both. Reported: throughput (requests/s, median over repeats), p50/p99 latency (pooled), and
-   the batched/naive throughput ratio. Target: >= 4x at concurrency 16 on CPU.
-2. Identity: the batched server's greedy summaries at the highest concurrency must equal the
-   naive server's (unbatched) ones, document by document.
-3. Soak (--soak-seconds N): client threads send a random mix of valid requests (unary, batch,
-   stream, truncated over-long input) and invalid ones (empty text, out-of-range options,
-   over-long without truncation, an expired deadline, a stream cancelled half way) to the
-   batching server; any status other than the one expected for that kind is an unexpected
+1. Load: each server in --backends runs as its own process on 127.0.0.1 with the same thread
+   count: `transformers` (`python -m server`, batching worker, `generate`: today's server),
+   `ct2-float32` / `ct2-int8` (`python -m server --backend ctranslate2 --compute-type ...`,
+   same batching worker), and optionally `naive` (one request at a time through
+   `model.generate` under a lock). For each repeat, mode (--modes: greedy, beam4) and
+   concurrency (1, 4, 16) a load generator sends the same --requests real AESLC documents
+   (truncated to --max-input-tokens) from that many client threads; servers alternate so
+   machine noise hits all. Reported: requests/s (median over repeats), p50/p99 latency (pooled)
+   and each backend's ratio to `transformers`. Targets (2 cores): ct2-int8 at concurrency 16
+   >= 3x transformers req/s (greedy and beam 4); ct2-int8 p50 at concurrency 1 <= half.
+2. Identity: each backend's summaries at the highest concurrency against transformers' at
+   concurrency 1, document by document (float32 must be identical; int8 is reported).
+3. Soak (--soak-seconds N on --soak-backend): client threads send a random mix of valid
+   requests (unary, batch, stream, beam, truncated over-long input) and invalid ones (empty
+   text, out-of-range options, over-long without truncation, an expired deadline, a stream
+   cancelled half way); any status other than the one expected for that kind is an unexpected
    error (target 0). The server's RSS is sampled once a second; growth is measured from the end
-   of the first 20% of the soak (allocator warm-up) to the end (target < 10%).
+   of the first 20% of the soak (allocator warm-up) to the end (target <= 5%).
 
-Run: `.venv/bin/python benchmarks/bench_server.py` (about 5 minutes on 2 busy cores);
-`--soak-seconds 300` adds the 5-minute soak. `--json FILE` writes the numbers.
+Run: `.venv/bin/python benchmarks/bench_server.py --requests 32 --max-new-tokens 16`
+(about 10 minutes on 2 busy cores); `--skip-load --soak-seconds 300` runs only the soak.
+`--json FILE` writes the numbers.
 """
 
 from __future__ import annotations
@@ -47,18 +52,36 @@ sys.path.insert(0, str(REPO))
 
 from pegasus_gsg.protos import pb2, pb2_grpc  # noqa: E402
 
+# server name -> extra `python -m server` arguments (naive: the in-file baseline server)
+BACKEND_ARGS: dict[str, list[str]] = {
+    "transformers": [],
+    "ct2-float32": ["--backend", "ctranslate2", "--compute-type", "float32"],
+    "ct2-int8": ["--backend", "ctranslate2", "--compute-type", "int8"],
+    "naive": [],
+}
+MODES = {"greedy": 1, "beam4": 4}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/pegasus_gsg_bench_server"))
     p.add_argument("--model", type=Path, help="use this model dir instead of building one")
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--layers", type=int, default=6)
     p.add_argument("--vocab-size", type=int, default=4000)
     p.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        choices=list(BACKEND_ARGS),
+        default=["transformers", "ct2-float32", "ct2-int8"],
+        help="servers to compare; ratios are to the first",
+    )
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    p.add_argument("--soak-backend", choices=list(BACKEND_ARGS), default="ct2-int8")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--max-input-tokens", type=int, default=256)
     p.add_argument("--max-batch-size", type=int, default=16)
@@ -110,7 +133,7 @@ def build_model(args: argparse.Namespace) -> Path:
         model_dir,
         d_model=args.d_model,
         layers=args.layers,
-        heads=4,
+        heads=max(1, args.d_model // 64),
         ffn_dim=4 * args.d_model,
         max_position_embeddings=512,
         max_new_tokens=args.max_new_tokens,
@@ -143,8 +166,9 @@ class NaiveServicer(pb2_grpc.SummarizerServicer):
                 return_tensors="pt",
             )
             kwargs = {}
-            if request.options.HasField("max_new_tokens"):
-                kwargs["max_new_tokens"] = request.options.max_new_tokens
+            for name in ("max_new_tokens", "min_new_tokens", "num_beams"):
+                if request.options.HasField(name):
+                    kwargs[name] = getattr(request.options, name)
             output = self.model.generate(**inputs, **kwargs)
             summary = self.tokenizer.decode(output[0], skip_special_tokens=True)
         return pb2.SummarizeResponse(
@@ -203,17 +227,20 @@ class Server:
             self.proc.kill()
 
 
-def start_servers(args: argparse.Namespace, model_dir: Path, naive: bool) -> dict[str, Server]:
+def start_servers(args: argparse.Namespace, model_dir: Path, names: list[str]) -> dict[str, Server]:
     common = ["--model", str(model_dir), "--port", "0", "--torch-threads", str(args.torch_threads)]
     common += ["--max-input-tokens", str(args.max_input_tokens)]
-    batched = ["-m", "server", *common, "--max-batch-size", str(args.max_batch_size)]
-    batched += ["--max-wait-ms", str(args.max_wait_ms)]
-    batched += ["--max-new-tokens-limit", str(max(64, args.max_new_tokens))]
-    servers = {"batched": Server("batched", batched, ready=r"listening on")}
-    if naive:
-        argv = [str(Path(__file__).resolve()), "--naive-server", *common]
-        servers["naive"] = Server("naive", argv, ready=r"listening on")
-    for server in servers.values():  # the batched server loads after binding: wait for it
+    servers = {}
+    for name in dict.fromkeys(names):
+        if name == "naive":
+            argv = [str(Path(__file__).resolve()), "--naive-server", *common]
+        else:
+            argv = ["-m", "server", *common, "--max-batch-size", str(args.max_batch_size)]
+            argv += ["--max-wait-ms", str(args.max_wait_ms), "--max-num-beams", "4"]
+            argv += ["--max-new-tokens-limit", str(max(64, args.max_new_tokens))]
+            argv += [*BACKEND_ARGS[name], "--ct2-cache-dir", str(args.work_dir / "ct2")]
+        servers[name] = Server(name, argv, ready=r"listening on")
+    for server in servers.values():  # the servers load after binding: wait for each
         grpc.channel_ready_future(server.channel).result(timeout=300)
         wait_until_serving(server)
     return servers
@@ -236,10 +263,12 @@ def wait_until_serving(server: Server) -> None:
 
 
 def run_load(
-    server: Server, docs: list[str], concurrency: int, max_new_tokens: int
+    server: Server, docs: list[str], concurrency: int, max_new_tokens: int, num_beams: int = 1
 ) -> tuple[float, list[float], list[str], list[int]]:
     """(seconds, latencies, summaries in doc order, batch sizes) for one pass over `docs`."""
-    options = pb2.GenerationOptions(max_new_tokens=max_new_tokens)
+    options = pb2.GenerationOptions(
+        max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, num_beams=num_beams
+    )
     summaries: list[str] = [""] * len(docs)
     latencies: list[float] = [0.0] * len(docs)
     batch_sizes: list[int] = [0] * len(docs)
@@ -266,45 +295,57 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def benchmark_load(args: argparse.Namespace, servers: dict[str, Server], docs: list[str]) -> dict:
-    runs: dict[tuple[str, int], list] = {}
-    summaries: dict[tuple[str, int], list[str]] = {}
+    names = list(servers)
+    base = names[0]
+    runs: dict[tuple[str, str, int], list] = {}
+    summaries: dict[tuple[str, str, int], list[str]] = {}
     for repeat in range(args.repeats):
-        for c in args.concurrency:
-            for name in ("naive", "batched"):
-                seconds, lat, out, sizes = run_load(servers[name], docs, c, args.max_new_tokens)
-                runs.setdefault((name, c), []).append((seconds, lat, sizes))
-                summaries[(name, c)] = out
-                print(
-                    f"repeat {repeat + 1} c={c:<3} {name:<8} {len(docs) / seconds:7.2f} req/s "
-                    f"(mean batch {statistics.mean(sizes):.1f})",
-                    flush=True,
-                )
+        for mode in args.modes:
+            for c in args.concurrency:
+                for name in names:
+                    seconds, lat, out, sizes = run_load(
+                        servers[name], docs, c, args.max_new_tokens, MODES[mode]
+                    )
+                    runs.setdefault((mode, name, c), []).append((seconds, lat, sizes))
+                    summaries[(mode, name, c)] = out
+                    rate, batch = len(docs) / seconds, statistics.mean(sizes)
+                    print(
+                        f"repeat {repeat + 1} {mode:<6} c={c:<3} {name:<12} "
+                        f"{rate:7.2f} req/s (mean batch {batch:.1f})",
+                        flush=True,
+                    )
     table = []
-    for c in args.concurrency:
-        row = {"concurrency": c}
-        for name in ("naive", "batched"):
-            results = runs[(name, c)]
-            latencies = [x for _, lat, _ in results for x in lat]
-            row[name] = {
-                "throughput_rps": statistics.median(len(docs) / s for s, _, _ in results),
-                "p50_ms": 1000 * percentile(latencies, 50),
-                "p99_ms": 1000 * percentile(latencies, 99),
-                "mean_batch_size": statistics.mean(x for _, _, sizes in results for x in sizes),
+    for mode in args.modes:
+        for c in args.concurrency:
+            row: dict = {"mode": mode, "concurrency": c}
+            for name in names:
+                results = runs[(mode, name, c)]
+                latencies = [x for _, lat, _ in results for x in lat]
+                row[name] = {
+                    "throughput_rps": statistics.median(len(docs) / s for s, _, _ in results),
+                    "p50_ms": 1000 * percentile(latencies, 50),
+                    "p99_ms": 1000 * percentile(latencies, 99),
+                    "mean_batch_size": statistics.mean(x for _, _, sizes in results for x in sizes),
+                }
+            for name in names[1:]:
+                row[name]["throughput_ratio"] = (
+                    row[name]["throughput_rps"] / row[base]["throughput_rps"]
+                )
+                row[name]["p50_ratio"] = row[name]["p50_ms"] / row[base]["p50_ms"]
+            table.append(row)
+    top, low = max(args.concurrency), min(args.concurrency)
+    identity = {}
+    for mode in args.modes:
+        reference = summaries[(mode, base, low)]
+        for name in names:
+            got = summaries[(mode, name, top)]
+            same = sum(a == b for a, b in zip(reference, got, strict=True))
+            identity[f"{mode}/{name}"] = {
+                "compared": len(docs),
+                "identical": same,
+                "distinct_summaries": len(set(got)),
             }
-        row["throughput_ratio"] = row["batched"]["throughput_rps"] / row["naive"]["throughput_rps"]
-        table.append(row)
-    top = max(args.concurrency)
-    reference = summaries[("naive", min(args.concurrency))]
-    batched = summaries[("batched", top)]
-    mismatches = [i for i, (a, b) in enumerate(zip(reference, batched, strict=True)) if a != b]
-    return {
-        "table": table,
-        "identity": {
-            "compared": len(docs),
-            "mismatches": len(mismatches),
-            "distinct_summaries": len(set(reference)),
-        },
-    }
+    return {"base": base, "table": table, "identity": identity}
 
 
 # -- soak -----------------------------------------------------------------------------------------
@@ -361,6 +402,7 @@ def soak(args: argparse.Namespace, server: Server, docs: list[str], long_doc: st
         "stream": (10, stream_all, OK),
         "truncate": (5, unary(long, max_new_tokens=8), OK),
         "beam": (5, unary(doc, max_new_tokens=8, num_beams=2), OK),
+        "seeded": (3, unary(doc, max_new_tokens=8, do_sample=True, seed=3), OK),
         "empty": (8, unary(lambda rng: " "), INVALID),
         "bad_option": (8, unary(doc, max_new_tokens=0), INVALID),
         "bad_top_p": (4, unary(doc, do_sample=True, top_p=2.0), INVALID),
@@ -440,15 +482,20 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"model": str(model_dir), "settings": {
         k: getattr(args, k) for k in (
             "d_model", "layers", "vocab_size", "requests", "repeats", "max_new_tokens",
-            "max_input_tokens", "max_batch_size", "max_wait_ms", "torch_threads")
+            "max_input_tokens", "max_batch_size", "max_wait_ms", "torch_threads", "backends",
+            "modes")
     }}  # fmt: skip
-    servers = start_servers(args, model_dir, naive=not args.skip_load)
+    names = [] if args.skip_load else list(args.backends)
+    if args.soak_seconds > 0:
+        names.append(args.soak_backend)
+    servers = start_servers(args, model_dir, names)
     try:
         if not args.skip_load:
             results.update(benchmark_load(args, servers, docs))
             print_load(results)
         if args.soak_seconds > 0:
-            results["soak"] = soak(args, servers["batched"], docs, long_doc)
+            results["soak"] = soak(args, servers[args.soak_backend], docs, long_doc)
+            results["soak"]["backend"] = args.soak_backend
             print(json.dumps(results["soak"], indent=2))
     finally:
         for server in servers.values():
@@ -460,28 +507,33 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_load(results: dict) -> None:
     s = results["settings"]
+    base = results["base"]
     print(
         f"\nmodel d_model={s['d_model']} layers={s['layers']}+{s['layers']} vocab={s['vocab_size']}"
-        f" | {s['requests']} AESLC docs per level, {s['max_new_tokens']} new tokens, "
-        f"torch threads {s['torch_threads']}, median of {s['repeats']} repeats"
+        f" | {s['requests']} AESLC docs per level, exactly {s['max_new_tokens']} new tokens, "
+        f"threads {s['torch_threads']}, median of {s['repeats']} repeats; ratios vs {base}"
     )
-    print(
-        f"{'conc':>4} | {'naive req/s':>11} {'p50 ms':>8} {'p99 ms':>8} | "
-        f"{'batched req/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'batch':>5} | {'ratio':>5}"
-    )
+    names = s["backends"]
+    header = f"{'mode':<6} {'conc':>4}"
+    for name in names:
+        header += f" | {name + ' req/s':>17} {'p50 ms':>7} {'p99 ms':>7}"
+        if name != base:
+            header += f" {'x req/s':>7} {'x p50':>6}"
+    print(header)
     for row in results["table"]:
-        n, b = row["naive"], row["batched"]
+        line = f"{row['mode']:<6} {row['concurrency']:>4}"
+        for name in names:
+            r = row[name]
+            line += f" | {r['throughput_rps']:>17.2f} {r['p50_ms']:>7.0f} {r['p99_ms']:>7.0f}"
+            if name != base:
+                line += f" {r['throughput_ratio']:>6.2f}x {r['p50_ratio']:>5.2f}x"
+        print(line)
+    for key, ident in results["identity"].items():
         print(
-            f"{row['concurrency']:>4} | {n['throughput_rps']:>11.2f} {n['p50_ms']:>8.0f} "
-            f"{n['p99_ms']:>8.0f} | {b['throughput_rps']:>13.2f} {b['p50_ms']:>8.0f} "
-            f"{b['p99_ms']:>8.0f} {b['mean_batch_size']:>5.1f} | {row['throughput_ratio']:>5.2f}x"
+            f"identity {key} (top concurrency vs {base} at concurrency 1): "
+            f"{ident['identical']}/{ident['compared']} identical, "
+            f"{ident['distinct_summaries']} distinct summaries"
         )
-    ident = results["identity"]
-    print(
-        f"greedy identity (batched at top concurrency vs naive unbatched): "
-        f"{ident['compared'] - ident['mismatches']}/{ident['compared']} identical, "
-        f"{ident['distinct_summaries']} distinct summaries"
-    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("pegasus_gsg.commands.prepare", "tokenize a corpus once into an on-disk store"),
     "verify": ("pegasus_gsg.commands.verify", "re-check a prepared store's checksum"),
     "evaluate": ("pegasus_gsg.commands.evaluate", "generate summaries and score them with ROUGE"),
+    "export-ct2": ("pegasus_gsg.commands.export_ct2", "convert a model for CTranslate2 serving"),
     "summarize": ("pegasus_gsg.commands.summarize", "call a running gRPC summarization server"),
     "demo": ("pegasus_gsg.commands.demo", "the whole pipeline end to end on a real corpus"),
 }

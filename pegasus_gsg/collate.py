@@ -14,11 +14,11 @@ array per key (benchmarks/bench_loader.py compares the two).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
-import numpy as np
 import torch
 
+from pegasus_gsg.padding import pad_rows
 from pegasus_gsg.vocab import IGNORE_INDEX, PAD_ID
 
 
@@ -40,13 +40,7 @@ class Seq2SeqCollator:
         m = self.pad_to_multiple_of
         return longest if not m else -(-longest // m) * m
 
-    def _pad(self, rows: Sequence[Sequence[int]], width: int, value: int) -> torch.Tensor:
-        out = np.full((len(rows), width), value, dtype=np.int64)
-        for i, row in enumerate(rows):
-            out[i, : len(row)] = row
-        return torch.from_numpy(out)
-
-    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("cannot collate an empty batch")
         for i, feature in enumerate(features):
@@ -62,14 +56,14 @@ class Seq2SeqCollator:
             )
         inputs = [f["input_ids"] for f in features]
         input_width = self._width(max(len(x) for x in inputs))
-        input_ids = self._pad(inputs, input_width, self.pad_id)
+        input_ids = pad_rows(inputs, input_width, self.pad_id)
         lengths = torch.tensor([len(x) for x in inputs])
         attention_mask = (torch.arange(input_width) < lengths[:, None]).long()
         labels = [f["labels"] for f in features]
         batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            "labels": self._pad(labels, self._width(max(len(x) for x in labels)), IGNORE_INDEX),
+            "labels": pad_rows(labels, self._width(max(len(x) for x in labels)), IGNORE_INDEX),
         }
         if with_mlm[0]:
             for i, f in enumerate(features):
@@ -79,5 +73,5 @@ class Seq2SeqCollator:
                         f"{len(f['input_ids'])} input_ids; they must align"
                     )
             mlm = [f["mlm_labels"] for f in features]
-            batch["mlm_labels"] = self._pad(mlm, input_width, IGNORE_INDEX)
+            batch["mlm_labels"] = pad_rows(mlm, input_width, IGNORE_INDEX)
         return batch

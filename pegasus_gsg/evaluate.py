@@ -26,16 +26,22 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from rouge_score import rouge_scorer
 from transformers import GenerationConfig, PreTrainedModel
 
+from pegasus_gsg.generation import GenerationOptions
+from pegasus_gsg.padding import right_pad
 from pegasus_gsg.scoring import CJK_RANGES
 from pegasus_gsg.scoring import tokenize as cjk_aware_tokenize
 from pegasus_gsg.sentences import split_sentences
 from pegasus_gsg.vocab import PAD_ID
+
+if TYPE_CHECKING:
+    from pegasus_gsg.ct2 import Ct2Decoder
 
 logger = logging.getLogger(__name__)
 
@@ -164,17 +170,43 @@ def generate(
         size = max(1, min(max_batch_size, max_tokens // (longest * beams)))
         chunk = order[start : start + size]
         start += size
-        ids = torch.full((len(chunk), longest), PAD_ID, dtype=torch.long)
-        for row, i in enumerate(chunk):
-            ids[row, : len(inputs[i])] = torch.as_tensor(inputs[i])
-        mask = torch.arange(longest) < torch.tensor([len(inputs[i]) for i in chunk])[:, None]
+        ids, mask = right_pad([inputs[i] for i in chunk], PAD_ID)
         # transformers 5's PreTrainedModel does not declare generate (GenerationMixin does).
         out = model.generate(  # type: ignore[operator]
-            input_ids=ids.to(device),
-            attention_mask=mask.long().to(device),
-            generation_config=generation,
+            input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=generation
         )
         for row, i in enumerate(chunk):
             results[i] = out[row].tolist()
     model.train(was_training)
+    return results
+
+
+def generate_ct2(
+    decoder: Ct2Decoder,
+    inputs: Sequence[Sequence[int]],
+    generation: GenerationConfig,
+    *,
+    max_tokens: int = 4096,
+    max_batch_size: int = 64,
+) -> list[list[int]]:
+    """`generate` on the CTranslate2 backend: the same batching, ids without the start token."""
+    options = GenerationOptions(
+        max_new_tokens=generation.max_new_tokens or 64,
+        min_new_tokens=generation.min_new_tokens or 0,
+        num_beams=generation.num_beams or 1,
+        length_penalty=float(generation.length_penalty or 1.0),
+        no_repeat_ngram_size=generation.no_repeat_ngram_size or 0,
+    )
+    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+    results: list[list[int]] = [[] for _ in inputs]
+    start = 0
+    while start < len(order):
+        longest = max(1, len(inputs[order[start]]))
+        size = max(1, min(max_batch_size, max_tokens // (longest * options.num_beams)))
+        chunk = order[start : start + size]
+        start += size
+        for i, ids in zip(
+            chunk, decoder.generate([inputs[i] for i in chunk], options), strict=True
+        ):
+            results[i] = ids
     return results

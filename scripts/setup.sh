@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 # Every optional extra of pyproject.toml, comma-separated: adding an extra here is all it takes
 # for setup, CI and the lock to include it.
-EXTRAS="dev,ray"
+EXTRAS="dev,ray,ct2"
 LOCK=requirements.lock
 
 latest=0

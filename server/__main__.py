@@ -15,18 +15,28 @@ import threading
 from pathlib import Path
 
 from server.app import ListenConfig, SummarizerServer
+from server.config import BACKENDS, ServingConfig
 
 logger = logging.getLogger("server")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The CLI; every default is read from ListenConfig / ServingConfig (their one home)."""
+    listen, serving = ListenConfig(), ServingConfig()
     p = argparse.ArgumentParser(prog="python -m server", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, type=Path, help="save_pretrained model directory")
+    p.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        help="save_pretrained model directory (or a directory from `pegasus-gsg export-ct2`)",
+    )
     net = p.add_argument_group("network")
-    net.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    net.add_argument("--port", type=int, default=50051, help="0 = any free port (logged)")
-    net.add_argument("--max-workers", type=int, default=64, help="handler threads = max RPCs")
-    net.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024)
+    net.add_argument("--host", default=listen.host, help=f"bind address (default {listen.host})")
+    net.add_argument("--port", type=int, default=listen.port, help="0 = any free port (logged)")
+    net.add_argument(
+        "--max-workers", type=int, default=listen.max_workers, help="handler threads = max RPCs"
+    )
+    net.add_argument("--max-message-bytes", type=int, default=listen.max_message_bytes)
     net.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
     net.add_argument("--tls-key", type=Path, help="PEM private key")
     net.add_argument(
@@ -37,21 +47,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     net.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     batch = p.add_argument_group("batching and limits")
-    batch.add_argument("--max-batch-size", type=int, default=16)
-    batch.add_argument("--max-batch-tokens", type=int, default=16384)
-    batch.add_argument("--max-wait-ms", type=float, default=5.0)
-    batch.add_argument("--max-queue", type=int, default=256)
+    for name in (
+        "max_batch_size",
+        "max_batch_tokens",
+        "max_wait_ms",
+        "max_queue",
+        "max_new_tokens_limit",
+        "max_num_beams",
+        "default_max_new_tokens",
+    ):
+        default = getattr(serving, name)
+        batch.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     batch.add_argument("--max-input-tokens", type=int, help="default: the model's position limit")
-    batch.add_argument("--max-new-tokens-limit", type=int, default=512)
-    batch.add_argument("--max-num-beams", type=int, default=8)
-    batch.add_argument("--default-max-new-tokens", type=int, default=64)
+    engine = p.add_argument_group("generation backend")
+    engine.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=serving.backend,
+        help="transformers (generate) or ctranslate2 (converted once, cached)",
+    )
+    engine.add_argument(
+        "--compute-type",
+        help="ctranslate2: float32 (CPU default), int8, bfloat16 (GPU default), float16, ...",
+    )
+    engine.add_argument(
+        "--ct2-cache-dir", type=Path, help="ctranslate2: conversion cache (default MODEL/.ct2)"
+    )
     run = p.add_argument_group("runtime")
-    run.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    run.add_argument("--device", help="cpu or cuda (default: cuda if available, else cpu)")
     run.add_argument(
         "--torch-threads",
         type=int,
         default=None,
-        help="intra-op threads for generate (default: the CPUs this process may use)",
+        help="intra-op threads for generation, torch or ctranslate2 (default: the CPUs this "
+        "process may use)",
     )
     run.add_argument("--grace", type=float, default=10.0, help="seconds in-flight RPCs get")
     run.add_argument(
@@ -97,8 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         auth_token=token,
         metrics_port=args.metrics_port,
     )
-    from server.model import ServingConfig, SummarizerModel
+    from server.model import SummarizerModel
 
+    if args.backend == "ctranslate2":  # refuse a bad compute type before binding the port
+        from pegasus_gsg import ct2
+
+        ct2.resolve_compute_type(args.compute_type, args.device or ct2.default_device())
+    threads = set_torch_threads(args.torch_threads)
     serving = ServingConfig(
         max_batch_size=args.max_batch_size,
         max_batch_tokens=args.max_batch_tokens,
@@ -109,8 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         max_num_beams=args.max_num_beams,
         default_max_new_tokens=args.default_max_new_tokens,
         device=args.device,
+        backend=args.backend,
+        compute_type=args.compute_type,
+        ct2_cache_dir=args.ct2_cache_dir,
+        threads=threads,
     )
-    threads = set_torch_threads(args.torch_threads)
     app = SummarizerServer(listen, lambda: SummarizerModel(args.model, serving))
 
     def on_signal(signum: int, frame: object) -> None:
@@ -124,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     app.start()
     if app.metrics_port is not None:
         logger.info("metrics on http://%s:%d/metrics", args.host, app.metrics_port)
-    logger.info("torch intra-op threads: %d", threads)
+    logger.info("intra-op threads: %d", threads)
     try:
         app.load()
     except Exception:

@@ -27,7 +27,6 @@ calls `generate` once per request (benchmarks/bench_server.py measures it).
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
 import time
@@ -47,6 +46,12 @@ from transformers import (
     TextIteratorStreamer,
 )
 
+from pegasus_gsg.generation import GenerationOptions
+from pegasus_gsg.padding import right_pad
+from server.config import ServingConfig
+
+__all__ = ["GenerationOptions", "ServingConfig"]  # re-exported: their home moved
+
 logger = logging.getLogger(__name__)
 
 
@@ -60,118 +65,6 @@ class DroppedError(RuntimeError):
 
 class ShuttingDownError(RuntimeError):
     """The batcher is closed and takes no new work (gRPC: UNAVAILABLE)."""
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    """Decoding settings of one request; identical options may share a `generate` call."""
-
-    max_new_tokens: int
-    """Upper bound on generated tokens (>= 1)."""
-    min_new_tokens: int = 0
-    """Tokens generated before `</s>` is allowed (0..max_new_tokens)."""
-    num_beams: int = 1
-    """1 = greedy (or sampling); > 1 = beam search."""
-    length_penalty: float = 1.0
-    """Beam search score is divided by length**length_penalty; finite."""
-    no_repeat_ngram_size: int = 0
-    """0 = off; n > 0 forbids repeating any n-gram of the summary."""
-    do_sample: bool = False
-    """Sample from the distribution instead of taking the argmax (needs num_beams == 1)."""
-    temperature: float = 1.0
-    """Sampling temperature, > 0."""
-    top_p: float = 1.0
-    """Nucleus sampling mass, in (0, 1]."""
-    seed: int | None = None
-    """Sampling seed; a seeded request runs alone so its output depends only on the seed."""
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"options.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise ValueError(
-                f"options.min_new_tokens must be in 0..max_new_tokens ({self.max_new_tokens}), "
-                f"got {self.min_new_tokens}"
-            )
-        if self.num_beams < 1:
-            raise ValueError(f"options.num_beams must be >= 1, got {self.num_beams}")
-        if not math.isfinite(self.length_penalty):
-            raise ValueError(f"options.length_penalty must be finite, got {self.length_penalty}")
-        if self.no_repeat_ngram_size < 0:
-            raise ValueError(
-                f"options.no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}"
-            )
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"options.temperature must be > 0, got {self.temperature}")
-        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
-            raise ValueError(f"options.top_p must be in (0, 1], got {self.top_p}")
-        if self.do_sample and self.num_beams != 1:
-            raise ValueError(
-                f"options.do_sample needs options.num_beams == 1, got {self.num_beams}"
-            )
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise ValueError(f"options.seed must be in 0..2**63-1, got {self.seed}")
-
-    def generation_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `GenerationConfig`."""
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens,
-            "min_new_tokens": self.min_new_tokens,
-            "num_beams": self.num_beams,
-            "length_penalty": self.length_penalty,
-            "no_repeat_ngram_size": self.no_repeat_ngram_size,
-            "do_sample": self.do_sample,
-        }
-        if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p)
-        return kwargs
-
-
-@dataclass(frozen=True)
-class ServingConfig:
-    """Limits and batching knobs of one server process."""
-
-    max_batch_size: int = 16
-    """Most requests in one `generate` call (1..1024)."""
-    max_batch_tokens: int = 16384
-    """Most padded input tokens in one batch (batch size x longest input), >= 1."""
-    max_wait_ms: float = 5.0
-    """How long the worker waits for batch-mates after a first request arrives (0..10000)."""
-    max_queue: int = 256
-    """Most requests waiting for the worker; more get RESOURCE_EXHAUSTED (>= 1)."""
-    max_input_tokens: int | None = None
-    """Input limit incl. `</s>`; None = the model's max_position_embeddings (capped at 4096)."""
-    max_new_tokens_limit: int = 512
-    """Largest max_new_tokens a request may ask for (>= 1)."""
-    max_num_beams: int = 8
-    """Largest num_beams a request may ask for (>= 1)."""
-    default_max_new_tokens: int = 64
-    """max_new_tokens when neither the request nor the model's generation config sets one."""
-    device: str | None = None
-    """torch device; None = cuda when available, else cpu."""
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("max_batch_size", 1 <= self.max_batch_size <= 1024, "1..1024"),
-            ("max_batch_tokens", self.max_batch_tokens >= 1, ">= 1"),
-            ("max_wait_ms", 0 <= self.max_wait_ms <= 10_000, "0..10000"),
-            ("max_queue", self.max_queue >= 1, ">= 1"),
-            (
-                "max_input_tokens",
-                self.max_input_tokens is None or self.max_input_tokens >= 2,
-                ">= 2 or None",
-            ),
-            ("max_new_tokens_limit", self.max_new_tokens_limit >= 1, ">= 1"),
-            ("max_num_beams", self.max_num_beams >= 1, ">= 1"),
-            (
-                "default_max_new_tokens",
-                1 <= self.default_max_new_tokens <= self.max_new_tokens_limit,
-                "1..max_new_tokens_limit",
-            ),
-        ]
-        for name, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -230,6 +123,12 @@ class Job:
         return ("alone", id(self)) if self.runs_alone else self.options
 
 
+def _until_eos(row: list[int], eos_ids: set[int]) -> list[int]:
+    """The row up to and including its first `</s>` (rows that ended early are padded)."""
+    end = next((i + 1 for i, tok in enumerate(row) if tok in eos_ids), len(row))
+    return row[:end]
+
+
 class _StopWhenAbandoned(StoppingCriteria):
     """Ends generation early once every request of the batch has been cancelled or timed out."""
 
@@ -238,14 +137,103 @@ class _StopWhenAbandoned(StoppingCriteria):
 
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
-    ) -> torch.BoolTensor:
+    ) -> torch.Tensor:
         stop = all(job.abandoned() for job in self.jobs)
         done = torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
         return cast(torch.BoolTensor, done)
 
 
+class TransformersBackend:
+    """`model.generate` on right-padded batches (the reference the other backend must equal)."""
+
+    name = "transformers"
+
+    def __init__(self, model_dir: Path, device: str) -> None:
+        self.device = torch.device(device)
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).to(self.device).eval()
+        self.compute_type = str(self.model.dtype).removeprefix("torch.")
+        self.config = self.model.config
+        self.parameters = sum(p.numel() for p in self.model.parameters())
+
+    @torch.inference_mode()
+    def generate(
+        self, jobs: list[Job], options: GenerationOptions, base: GenerationConfig
+    ) -> list[list[int]]:
+        input_ids, attention_mask = right_pad(
+            [j.prepared.input_ids for j in jobs], base.pad_token_id
+        )
+        config = GenerationConfig.from_dict({**base.to_dict(), **options.generation_kwargs()})
+        if options.do_sample and options.seed is not None:
+            torch.manual_seed(options.seed)
+        streamer = jobs[0].streamer if len(jobs) == 1 else None
+        output = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
+            generation_config=config,
+            stopping_criteria=StoppingCriteriaList([_StopWhenAbandoned(jobs)]),
+            streamer=streamer if options.num_beams == 1 else None,
+        )
+        rows: list[list[int]] = output.cpu()[:, 1:].tolist()  # drop the decoder start token
+        return rows
+
+
+class Ct2Backend:
+    """CTranslate2 `Translator` on a converted copy of the model (pegasus_gsg/ct2.py).
+
+    Streams through `generate_tokens`; cancellation is checked after every greedy/sampling
+    step (beam search runs to its end, as in CTranslate2 it cannot be interrupted).
+    """
+
+    name = "ctranslate2"
+
+    def __init__(self, model_dir: Path, device: str, config: ServingConfig) -> None:
+        from pegasus_gsg import ct2
+
+        compute_type = ct2.resolve_compute_type(config.compute_type, device)
+        if ct2.is_ct2_dir(model_dir):
+            path = model_dir
+        else:
+            path = ct2.cached_conversion(model_dir, compute_type, config.ct2_cache_dir)
+        self.decoder = ct2.Ct2Decoder(
+            path, device=device, compute_type=compute_type, threads=config.threads
+        )
+        self.compute_type = self.decoder.compute_type
+        self.path = path
+        self.parameters = 0  # not exposed by CTranslate2
+
+    def generate(
+        self, jobs: list[Job], options: GenerationOptions, base: GenerationConfig
+    ) -> list[list[int]]:
+        if len(jobs) == 1 and jobs[0].streamer is not None and options.num_beams == 1:
+            return [self._stream(jobs[0], options, base)]
+        return self.decoder.generate(
+            [job.prepared.input_ids for job in jobs],
+            options,
+            should_stop=lambda: all(job.abandoned() for job in jobs),
+        )
+
+    def _stream(self, job: Job, options: GenerationOptions, base: GenerationConfig) -> list[int]:
+        streamer = job.streamer
+        assert streamer is not None
+        start = torch.tensor([base.decoder_start_token_id])
+        streamer.put(start)  # the "prompt": skipped
+        ids: list[int] = []
+        tokens = self.decoder.generate_tokens(job.prepared.input_ids, options)
+        try:
+            for token in tokens:
+                ids.append(token)
+                streamer.put(torch.tensor([token]))
+                if job.abandoned():
+                    break
+        finally:
+            tokens.close()
+            streamer.end()
+        return ids
+
+
 class SummarizerModel:
-    """A `save_pretrained` seq2seq model and tokenizer, with validation and batched generation.
+    """A `save_pretrained` seq2seq model (or a converted CTranslate2 directory) and tokenizer,
+    with validation and batched generation on the backend `config.backend` names.
 
     `prepare` and `resolve_options` are safe to call from many threads; `generate` is called by
     the batching worker only.
@@ -258,16 +246,29 @@ class SummarizerModel:
         self.config = config or ServingConfig()
         device = self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.backend: TransformersBackend | Ct2Backend
+        if self.config.backend == "ctranslate2":
+            self.backend = Ct2Backend(self.model_dir, self.device.type, self.config)
+            manifest = self.backend.decoder.manifest
+            files_dir = self.backend.path  # tokenizer + generation config copied beside
+            position_limit = int(manifest.get("max_position_embeddings") or 1024)
+            self._name = str(manifest.get("model_name") or self.model_dir.name)
+            decoder_start = manifest.get("decoder_start_token_id")
+        else:
+            self.backend = TransformersBackend(self.model_dir, device)
+            files_dir = self.model_dir
+            model_config = self.backend.config
+            position_limit = int(getattr(model_config, "max_position_embeddings", None) or 1024)
+            self._name = str(getattr(model_config, "_name_or_path", "") or self.model_dir.name)
+            decoder_start = model_config.decoder_start_token_id
+        self.tokenizer = AutoTokenizer.from_pretrained(files_dir)
         # A fast tokenizer flips its Rust backend's truncation settings inside a call, so two
         # threads using one tokenizer can fail with "Already borrowed". Encoding (handler
         # threads) is serialized by a lock -- it is cheap next to generation -- and decoding
         # (the worker, incl. streaming) uses a second instance that nothing else touches.
         self._tokenizer_lock = threading.Lock()
-        self._decoder = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = AutoModelForSeq2SeqLM.from_pretrained(self.model_dir).to(self.device).eval()
-        self.base_generation_config = self._load_generation_config()
-        position_limit = int(getattr(self.model.config, "max_position_embeddings", None) or 1024)
+        self._decoder = AutoTokenizer.from_pretrained(files_dir)
+        self.base_generation_config = self._load_generation_config(files_dir, decoder_start)
         self.max_input_tokens = self.config.max_input_tokens or min(position_limit, 4096)
         if self.max_input_tokens > position_limit:
             raise ValueError(
@@ -275,26 +276,46 @@ class SummarizerModel:
                 f"max_position_embeddings ({position_limit})"
             )
         self.defaults = self._default_options()
+        if isinstance(self.backend, Ct2Backend) and not self.base_generation_config.early_stopping:
+            logger.warning(
+                "generation config has early_stopping=False: CTranslate2 ends a beam search "
+                "once num_beams hypotheses have finished (transformers' early_stopping=True), "
+                "so beam-search summaries may differ from the transformers backend"
+            )
         logger.info(
-            "loaded %s on %s: %d parameters, vocab %d, max input tokens %d",
+            "loaded %s on %s with %s (%s): vocab %d, max input tokens %d",
             self.model_dir,
             self.device,
-            sum(p.numel() for p in self.model.parameters()),
+            self.backend.name,
+            self.backend.compute_type,
             len(self.tokenizer),
             self.max_input_tokens,
         )
 
     @property
     def name(self) -> str:
-        return str(getattr(self.model.config, "_name_or_path", "") or self.model_dir.name)
+        return self._name
 
-    def _load_generation_config(self) -> GenerationConfig:
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def compute_type(self) -> str:
+        return self.backend.compute_type
+
+    def _load_generation_config(
+        self, files_dir: Path, decoder_start: int | None
+    ) -> GenerationConfig:
         try:
-            config = GenerationConfig.from_pretrained(self.model_dir)
+            config = GenerationConfig.from_pretrained(files_dir)
         except OSError:
-            config = GenerationConfig.from_model_config(self.model.config)
+            if isinstance(self.backend, TransformersBackend):
+                config = GenerationConfig.from_model_config(self.backend.config)
+            else:
+                config = GenerationConfig()
         if config.decoder_start_token_id is None:
-            config.decoder_start_token_id = self.model.config.decoder_start_token_id
+            config.decoder_start_token_id = decoder_start
         if config.pad_token_id is None:
             config.pad_token_id = self.tokenizer.pad_token_id
         if config.eos_token_id is None:
@@ -368,42 +389,19 @@ class SummarizerModel:
             self._decoder, skip_prompt=True, skip_special_tokens=True, timeout=timeout
         )
 
-    @torch.inference_mode()
     def generate(self, jobs: list[Job]) -> list[tuple[str, int]]:
         """Summaries and generated-token counts for jobs that share one options value."""
         options = jobs[0].options
         if any(job.options != options for job in jobs):
             raise ValueError("a batch must share one GenerationOptions value")
-        pad_id = self.base_generation_config.pad_token_id
-        longest = max(len(job.prepared.input_ids) for job in jobs)
-        input_ids = torch.full((len(jobs), longest), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(jobs), longest), dtype=torch.long)
-        for row, job in enumerate(jobs):
-            ids = job.prepared.input_ids
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, : len(ids)] = 1
-        config = GenerationConfig.from_dict(
-            {**self.base_generation_config.to_dict(), **options.generation_kwargs()}
-        )
-        if options.do_sample and options.seed is not None:
-            torch.manual_seed(options.seed)
-        streamer = jobs[0].streamer if len(jobs) == 1 else None
-        output = self.model.generate(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
-            generation_config=config,
-            stopping_criteria=StoppingCriteriaList([_StopWhenAbandoned(jobs)]),
-            streamer=streamer if options.num_beams == 1 else None,
-        )
-        sequences = output.cpu()[:, 1:]  # drop the decoder start token
-        eos_id = config.eos_token_id
+        rows = self.backend.generate(jobs, options, self.base_generation_config)
+        eos_id = self.base_generation_config.eos_token_id
         eos_ids = set(eos_id if isinstance(eos_id, list) else [eos_id])
         results = []
-        for row in sequences.tolist():
-            # Rows that ended early are padded to the longest row; count up to the first </s>.
-            end = next((i + 1 for i, tok in enumerate(row) if tok in eos_ids), len(row))
-            text = str(self._decoder.decode(row[:end], skip_special_tokens=True))
-            results.append((text, end))
+        for row in rows:
+            ids = _until_eos(row, eos_ids)
+            text = str(self._decoder.decode(ids, skip_special_tokens=True))
+            results.append((text, len(ids)))
         return results
 
 
@@ -577,7 +575,7 @@ class Batcher:
 
     def _finish_failed(self, job: Job, err: Exception) -> None:
         if job.streamer is not None:
-            job.streamer.end()  # unblock the handler reading the stream
+            job.streamer.end()  # unblock the stream reader
         if not job.future.done():
             job.future.set_exception(err)
         self._count(failed=1)

@@ -242,6 +242,8 @@ class SummarizerService(pb2_grpc.SummarizerServicer):  # type: ignore[misc]
                 max_batch_tokens=config.max_batch_tokens,
                 max_wait_ms=config.max_wait_ms,
                 max_queue=config.max_queue,
+                backend=model.backend_name,
+                compute_type=model.compute_type,
                 stats=pb2.BatchingStats(
                     requests_completed=stats.requests_completed,
                     requests_failed=stats.requests_failed,

@@ -31,12 +31,18 @@ def build_model_dir(
     max_new_tokens: int = 12,
     init_std: float = 0.5,
     seed: int = 0,
+    eos_bias: float = 0.0,
+    forced_eos: bool = False,
+    **generation: object,
 ) -> Path:
     """Save a random-weight PegasusForConditionalGeneration with the tokenizer in `out_dir`.
 
     `init_std` is large on purpose: with the usual 0.02 a random decoder ignores its input and
     every text gets the same summary, which would hide a batching bug that mixes up rows; at
-    0.5 nearly every input gets its own output.
+    0.5 nearly every input gets its own output. `eos_bias` is added to `</s>`'s logit (through
+    `final_logits_bias`) so that summaries end at varied lengths, as a trained model's do;
+    `forced_eos` sets `forced_eos_token_id` as exported trained models have it; `generation`
+    adds GenerationConfig fields (e.g. early_stopping=True, as exported models have).
     """
     out_dir = Path(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -58,12 +64,15 @@ def build_model_dir(
         init_std=init_std,
     )
     model = PegasusForConditionalGeneration(config).eval()
+    if eos_bias:
+        model.final_logits_bias[0, EOS_ID] = eos_bias
     model.generation_config = GenerationConfig(
         decoder_start_token_id=PAD_ID,
         pad_token_id=PAD_ID,
         eos_token_id=EOS_ID,
         max_new_tokens=max_new_tokens,
-        num_beams=1,
+        forced_eos_token_id=EOS_ID if forced_eos else None,
+        **{"num_beams": 1, **generation},
     )
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

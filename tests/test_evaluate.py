@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +195,34 @@ def test_rouge_lsum_scores_sentences_not_one_long_line() -> None:
     plain_l = rouge_scorer.RougeScorer(["rougeL"]).score(ref, pred)["rougeL"].fmeasure
     assert lsum == pytest.approx(1.0)
     assert plain_l < 0.6
+
+
+def test_evaluate_on_ctranslate2_equals_transformers_and_export_ct2_loads(
+    tiny_model_dir, shared_data, tmp_path, capsys
+):
+    """The exported (forced-</s>) model: same predictions on both backends; export-ct2 output
+    is a directory the CTranslate2 decoder loads directly."""
+    pytest.importorskip("ctranslate2")
+    import shutil
+
+    from pegasus_gsg import ct2
+    from pegasus_gsg.cli import main
+
+    model_dir = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    common = ["evaluate", "--model", str(model_dir), "--input",
+              str(shared_data / "aeslc" / "data.jsonl"), "--split", "test", "--dedupe",
+              "--max-samples", "30", "--bootstrap", "0"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "hf.jsonl")]) == 0
+    assert main([*common, "--out", str(tmp_path / "ct2.jsonl"), "--backend", "ctranslate2"]) == 0
+    hf = [json.loads(line)["prediction"] for line in (tmp_path / "hf.jsonl").open()]
+    fast = [json.loads(line)["prediction"] for line in (tmp_path / "ct2.jsonl").open()]
+    assert hf == fast and len(hf) == 30
+    assert any(p.name.startswith("float32-") for p in (model_dir / ".ct2").iterdir())
+
+    out = tmp_path / "int8"
+    assert main(["export-ct2", str(model_dir), "--compute-type", "int8", "--out", str(out)]) == 0
+    decoder = ct2.Ct2Decoder(out, compute_type="int8")
+    assert decoder.manifest["source_sha256"] == ct2.model_checksum(model_dir)
+    assert main(["export-ct2", str(model_dir), "--compute-type", "float16", "--out",
+                 str(tmp_path / "x")]) == 1  # fmt: skip
+    assert "supported: float32, int8, int8_float32" in capsys.readouterr().err

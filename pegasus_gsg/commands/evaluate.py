@@ -51,6 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="en: stemmed rouge-score; cjk: one token per character",
     )
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument(
+        "--backend",
+        choices=["transformers", "ctranslate2"],
+        default="transformers",
+        help="generation engine (ctranslate2: converted once, cached in MODEL/.ct2)",
+    )
+    parser.add_argument(
+        "--compute-type", help="ctranslate2: float32 (CPU default), int8, bfloat16 (GPU), ..."
+    )
 
 
 def read_pairs(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -92,28 +101,45 @@ def read_pairs(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
 
     from pegasus_gsg.evaluate import format_table, generate, rouge_report
 
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"--model {model_dir}: not a model directory (no config.json)")
+    if args.compute_type is not None and args.backend != "ctranslate2":
+        raise ValueError("--compute-type needs --backend ctranslate2")
     records = read_pairs(args)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    gen = model.generation_config
+    config = AutoConfig.from_pretrained(model_dir)
+    try:
+        gen = GenerationConfig.from_pretrained(model_dir)
+    except OSError:  # no generation_config.json: what from_pretrained's model would use
+        gen = GenerationConfig.from_model_config(config)
     if args.num_beams is not None:
         gen.num_beams = args.num_beams
     if args.max_new_tokens is not None:
         gen.max_new_tokens = args.max_new_tokens
-    max_len = min(args.max_input_len, model.config.max_position_embeddings)
+    max_len = min(args.max_input_len, config.max_position_embeddings)
     inputs = tokenizer([r[args.text_field] for r in records], truncation=True, max_length=max_len)[
         "input_ids"
     ]
-    outputs = generate(model, inputs, gen, max_tokens=args.batch_tokens, device=device)
+    if args.backend == "ctranslate2":
+        from pegasus_gsg import ct2
+        from pegasus_gsg.evaluate import generate_ct2
+
+        device = ct2.default_device()
+        compute_type = ct2.resolve_compute_type(args.compute_type, device)
+        decoder = ct2.Ct2Decoder(
+            ct2.cached_conversion(model_dir, compute_type), device=device, compute_type=compute_type
+        )
+        outputs = generate_ct2(decoder, inputs, gen, max_tokens=args.batch_tokens)
+    else:
+        model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model.to(device)
+        outputs = generate(model, inputs, gen, max_tokens=args.batch_tokens, device=device)
     predictions = tokenizer.batch_decode(outputs, skip_special_tokens=True)
     references = [r[args.summary_field] for r in records]
     report = rouge_report(predictions, references, lang=args.lang, bootstrap_samples=args.bootstrap)

@@ -1,0 +1,474 @@
+"""CTranslate2 conversion and decoding of an exported PEGASUS model (the fast inference path).
+
+Conversion. `ctranslate2.converters.TransformersConverter` has a `PegasusLoader`, but it reads
+`config.normalize_before` and `config.normalize_embedding`, which transformers 5's
+`PegasusConfig` does not define. PEGASUS is, exactly: pre-norm (a layer norm before each
+self-attention, cross-attention and feed-forward block, residual added after), with a final
+layer norm on top of the encoder and of the decoder stacks (`model.encoder.layer_norm`,
+`model.decoder.layer_norm`), sinusoidal positions, embeddings scaled by sqrt(d_model) when
+`scale_embedding`, and **no** layer norm on the embeddings. `_PegasusConverter` states that
+(`normalize_before=True`, `normalize_embedding=False`) on the loaded model's config before the
+loader reads it; after a float32 conversion `convert` re-checks it by scoring a sentence with
+both engines (token log-probs must agree to 1e-3; tests/test_ct2.py pins 1e-4 on real text).
+
+Length limits. transformers forces `</s>` as the last token at `max_new_tokens` when the
+generation config has `forced_eos_token_id` (our exported models do); CTranslate2 has no such
+rule. `Ct2Decoder` reproduces it: it decodes at most `max_new_tokens - 1` tokens and appends
+`</s>` to a hypothesis that did not end, which is exactly what the forced token does to greedy
+search (the first max_new_tokens - 1 steps are unconstrained in both).
+
+Cache. `cached_conversion` converts once per (model checksum, compute type, ctranslate2
+version) into `<cache>/<compute_type>-<key>/` where `<cache>` defaults to `MODEL/.ct2`. The
+conversion is written into a temporary sibling directory and renamed into place only after the
+manifest (`pegasus_gsg_ct2.json`) is written, so a finished-looking directory is always whole; a
+directory without its manifest (a crash of an older layout, a copy cut short) is removed and
+redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pegasus_gsg.generation import GenerationOptions
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "pegasus_gsg_ct2.json"
+"""Written last into a converted directory: what it was converted from and how."""
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+_COPIED = (*TOKENIZER_FILES, "generation_config.json")
+_DEFAULT_COMPUTE_TYPE = {"cpu": "float32", "cuda": "bfloat16"}
+
+
+def _ctranslate2() -> Any:
+    try:
+        import ctranslate2
+    except ImportError as err:
+        raise ValueError(
+            "the ctranslate2 backend needs the ctranslate2 package: pip install 'pegasus-gsg[ct2]'"
+        ) from err
+    return ctranslate2
+
+
+def default_device() -> str:
+    """cuda when CTranslate2 sees a GPU, else cpu."""
+    return "cuda" if _ctranslate2().get_cuda_device_count() > 0 else "cpu"
+
+
+def resolve_compute_type(compute_type: str | None, device: str) -> str:
+    """`compute_type`, or the device default (float32 on CPU, bfloat16 on GPU), checked.
+
+    Raises:
+        ValueError: the device is unknown, or it does not support the compute type; the message
+            lists the ones it supports.
+    """
+    if device not in _DEFAULT_COMPUTE_TYPE:
+        raise ValueError(f"device must be 'cpu' or 'cuda' for ctranslate2, got {device!r}")
+    ct2 = _ctranslate2()
+    if device == "cuda" and ct2.get_cuda_device_count() == 0:
+        raise ValueError("device 'cuda' asked for, but ctranslate2 sees no CUDA device")
+    supported = sorted(ct2.get_supported_compute_types(device))
+    chosen = compute_type or _DEFAULT_COMPUTE_TYPE[device]
+    if chosen == "bfloat16" and compute_type is None and chosen not in supported:
+        chosen = "float16" if "float16" in supported else "float32"
+    if chosen not in supported:
+        raise ValueError(
+            f"compute type {chosen!r} is not supported on {device} by this ctranslate2 build; "
+            f"supported: {', '.join(supported)}"
+        )
+    return chosen
+
+
+def is_ct2_dir(path: str | Path) -> bool:
+    """True for a converted directory (CTranslate2's model.bin plus our manifest)."""
+    return (Path(path) / "model.bin").is_file() and (Path(path) / MANIFEST).is_file()
+
+
+def check_convertible(model_dir: str | Path) -> None:
+    """Raise naming what is missing when `model_dir` is no exported seq2seq model.
+
+    Raises:
+        FileNotFoundError: the directory, its config.json, its weights or its tokenizer is missing.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory {model_dir} does not exist")
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{model_dir} has no config.json: not a save_pretrained model (nor a converted "
+            f"ctranslate2 directory: no model.bin + {MANIFEST})"
+        )
+    if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
+        raise FileNotFoundError(
+            f"{model_dir} has no weights: expected one of {', '.join(WEIGHT_FILES)}"
+        )
+    if not (model_dir / "tokenizer.json").is_file():
+        raise FileNotFoundError(
+            f"{model_dir} has no tokenizer.json: ctranslate2 needs the tokenizer to build its "
+            "vocabulary (save the tokenizer with the model)"
+        )
+
+
+def model_checksum(model_dir: str | Path) -> str:
+    """sha256 over the files that define the model's outputs (config, weights, tokenizer)."""
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256()
+    for name in sorted(("config.json", "generation_config.json", *WEIGHT_FILES, *TOKENIZER_FILES)):
+        path = model_dir / name
+        if not path.is_file():
+            continue
+        digest.update(name.encode() + b"\0")
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _converter_class() -> Any:
+    ct2 = _ctranslate2()
+
+    base: Any = ct2.converters.TransformersConverter
+
+    class _PegasusConverter(base):  # type: ignore[misc]
+        """TransformersConverter that states PEGASUS's layer-norm layout (see module docstring)."""
+
+        def load_model(self, model_class: Any, model_name_or_path: str, **kwargs: Any) -> Any:
+            model = model_class.from_pretrained(model_name_or_path, **kwargs)
+            if model.config.model_type == "pegasus":
+                model.config.normalize_before = True  # pre-norm blocks + final stack norms
+                model.config.normalize_embedding = False  # no layernorm_embedding in PEGASUS
+            return model
+
+    return _PegasusConverter
+
+
+def convert(
+    model_dir: str | Path, out_dir: str | Path, compute_type: str = "float32", verify: bool = True
+) -> Path:
+    """Convert an exported model into a CTranslate2 directory at `out_dir` (atomically).
+
+    The weights are stored as `compute_type` (int8 stores int8 weights: a quarter of the size).
+    Tokenizer and generation config files are copied alongside, then the manifest is written,
+    then the directory is renamed into place.
+
+    Raises:
+        FileNotFoundError: see `check_convertible`.
+        ValueError: CTranslate2 cannot convert this model (message from the converter), an
+            existing non-empty `out_dir`, or a float32 conversion whose scores disagree.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    check_convertible(model_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"output directory {out_dir} exists and is not empty")
+    ct2 = _ctranslate2()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        copy = [name for name in _COPIED if (model_dir / name).is_file()]
+        converter = _converter_class()(str(model_dir), copy_files=copy)
+        try:
+            converter.convert(str(tmp), quantization=compute_type, force=True)
+        except (ValueError, KeyError, AttributeError, NotImplementedError) as err:
+            raise ValueError(f"ctranslate2 cannot convert {model_dir}: {err}") from err
+        hf_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        generation = {}
+        if (model_dir / "generation_config.json").is_file():
+            generation = json.loads(
+                (model_dir / "generation_config.json").read_text(encoding="utf-8")
+            )
+        forced = generation.get("forced_eos_token_id", hf_config.get("forced_eos_token_id"))
+        manifest = {
+            "source": str(model_dir.resolve()),
+            "source_sha256": model_checksum(model_dir),
+            "compute_type": compute_type,
+            "ctranslate2_version": ct2.__version__,
+            "model_name": hf_config.get("_name_or_path") or model_dir.name,
+            "model_type": hf_config.get("model_type"),
+            "max_position_embeddings": hf_config.get("max_position_embeddings"),
+            "vocab_size": hf_config.get("vocab_size"),
+            "decoder_start_token_id": hf_config.get("decoder_start_token_id"),
+            "forced_eos_token_id": forced,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        if verify and compute_type == "float32":
+            diff = _max_score_difference(model_dir, tmp)
+            if diff > 1e-3:
+                raise ValueError(
+                    f"converted {model_dir} scores differ from transformers' by {diff:.2e} "
+                    "(> 1e-3): the conversion does not reproduce the model"
+                )
+            manifest["verified_max_logprob_diff"] = diff
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("converted %s to %s (%s)", model_dir, out_dir, compute_type)
+    return out_dir
+
+
+def cached_conversion(
+    model_dir: str | Path, compute_type: str, cache_dir: str | Path | None = None
+) -> Path:
+    """The converted directory for (model, compute type), converting it first if needed."""
+    model_dir = Path(model_dir)
+    check_convertible(model_dir)
+    key = hashlib.sha256(
+        f"{model_checksum(model_dir)}|{compute_type}|{_ctranslate2().__version__}".encode()
+    ).hexdigest()[:16]
+    cache = Path(cache_dir) if cache_dir is not None else model_dir / ".ct2"
+    target = cache / f"{compute_type}-{key}"
+    if is_ct2_dir(target):
+        logger.info("using cached ctranslate2 conversion %s", target)
+        return target
+    if target.exists():
+        logger.warning("ignoring incomplete conversion %s (no %s): redoing it", target, MANIFEST)
+        shutil.rmtree(target)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"cannot write the ctranslate2 cache {cache} ({err}); name a writable cache "
+            "directory or convert ahead with `pegasus-gsg export-ct2`"
+        ) from err
+    try:
+        return convert(model_dir, target, compute_type)
+    except ValueError:
+        if is_ct2_dir(target):  # another process finished the same conversion first
+            return target
+        raise
+
+
+def _max_score_difference(model_dir: Path, ct2_dir: Path) -> float:
+    """Largest |log p| difference between transformers and CTranslate2 on a fixed sentence."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
+    source = tokenizer("The quick brown fox jumps over the lazy dog. It was not amused.")[
+        "input_ids"
+    ]
+    target = tokenizer("The fox jumps.")["input_ids"]
+    with torch.inference_mode():
+        ref = token_logprobs(model, [source], [target])[0]
+    decoder = Ct2Decoder(ct2_dir, device="cpu", compute_type="float32")
+    got = decoder.score([source], [target])[0]
+    return max(abs(a - b) for a, b in zip(ref, got, strict=True))
+
+
+def token_logprobs(
+    model: Any, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]
+) -> list[list[float]]:
+    """transformers' log p(target[t] | source, target[:t]) per target token (teacher forcing)."""
+    import torch
+
+    out = []
+    start = model.config.decoder_start_token_id
+    for source, target in zip(sources, targets, strict=True):
+        decoder_input = torch.tensor([[start, *target[:-1]]])
+        logits = model(
+            input_ids=torch.tensor([list(source)]), decoder_input_ids=decoder_input
+        ).logits
+        logp = torch.log_softmax(logits[0].float(), dim=-1)
+        out.append(logp[torch.arange(len(target)), torch.tensor(list(target))].tolist())
+    return out
+
+
+class Ct2Decoder:
+    """A converted model loaded in a `ctranslate2.Translator`, working on token ids.
+
+    Not thread-safe for `generate`: the server's one batching worker owns it.
+    """
+
+    def __init__(
+        self,
+        ct2_dir: str | Path,
+        *,
+        device: str = "cpu",
+        compute_type: str | None = None,
+        threads: int = 0,
+    ) -> None:
+        ct2 = _ctranslate2()
+        self.path = Path(ct2_dir)
+        if not is_ct2_dir(self.path):
+            raise FileNotFoundError(
+                f"{self.path} is no converted model (needs model.bin + {MANIFEST})"
+            )
+        self.manifest: dict[str, Any] = json.loads((self.path / MANIFEST).read_text("utf-8"))
+        self.device = device
+        self.compute_type = resolve_compute_type(compute_type, device)
+        self._translator_kwargs = {
+            "device": device,
+            "compute_type": self.compute_type,
+            "inter_threads": 1,
+            "intra_threads": threads,
+        }
+        self.translator = ct2.Translator(str(self.path), **self._translator_kwargs)
+        vocab_file = self.path / "shared_vocabulary.json"
+        if not vocab_file.is_file():
+            vocab_file = self.path / "target_vocabulary.json"
+        self.vocab: list[str] = json.loads(vocab_file.read_text("utf-8"))
+        self.token_id = {token: i for i, token in enumerate(self.vocab)}
+        config = json.loads((self.path / "config.json").read_text("utf-8"))
+        self.eos_id = self.token_id[config["eos_token"]]
+        self.start_token = config.get("decoder_start_token") or config["bos_token"]
+        forced = self.manifest.get("forced_eos_token_id")
+        self.forced_eos = forced is not None
+
+    def tokens(self, ids: Sequence[int]) -> list[str]:
+        return [self.vocab[i] for i in ids]
+
+    def _ids(self, tokens: Sequence[str]) -> list[int]:
+        return [self.token_id[t] for t in tokens]
+
+    def score(
+        self, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]
+    ) -> list[list[float]]:
+        """log p of each target token (the target ends with `</s>`), teacher-forced."""
+        trimmed = [list(t[:-1]) if t and t[-1] == self.eos_id else list(t) for t in targets]
+        results = self.translator.score_batch(
+            [self.tokens(s) for s in sources], [self.tokens(t) for t in trimmed],
+            max_input_length=0,
+        )  # fmt: skip
+        # CTranslate2 scores `</s>` after the target too: keep it only when the target has it.
+        return [list(r.log_probs)[: len(t)] for r, t in zip(results, targets, strict=True)]
+
+    def _length_kwargs(self, options: GenerationOptions) -> tuple[dict[str, Any], bool]:
+        """max/min decoding length, and whether `</s>` is forced at the last position."""
+        forced = self.forced_eos  # transformers forces </s> even over min_new_tokens
+        max_len = options.max_new_tokens - 1 if forced else options.max_new_tokens
+        return {
+            "max_decoding_length": max_len,
+            "min_decoding_length": min(options.min_new_tokens, max_len),
+            "no_repeat_ngram_size": options.no_repeat_ngram_size,
+            "max_input_length": 0,
+            "return_end_token": True,
+        }, forced
+
+    def _translator_for(self, options: GenerationOptions) -> Any:
+        """The shared translator, or for a seeded sample a fresh one seeded with it.
+
+        CTranslate2's sampler is a thread-local generator seeded once, when a worker thread
+        first samples; `set_random_seed` later has no effect on it. A new translator has new
+        worker threads, so its first sample starts from the seed (loading from the page cache
+        costs about as much as a few decoding steps on the models we serve).
+        """
+        if not (options.do_sample and options.seed is not None):
+            return self.translator
+        ct2 = _ctranslate2()
+        ct2.set_random_seed(options.seed % 2**32)
+        return ct2.Translator(str(self.path), **self._translator_kwargs)
+
+    def _sampling_kwargs(self, options: GenerationOptions) -> dict[str, Any]:
+        if not options.do_sample:
+            return {"sampling_topk": 1}
+        return {
+            "sampling_topk": 0,  # the whole distribution, cut by top_p
+            "sampling_topp": options.top_p,
+            "sampling_temperature": options.temperature,
+        }
+
+    def _finish(self, ids: list[int], forced: bool) -> list[int]:
+        if forced and (not ids or ids[-1] != self.eos_id):
+            ids = [*ids, self.eos_id]
+        return ids
+
+    def generate(
+        self,
+        sources: Sequence[Sequence[int]],
+        options: GenerationOptions,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[list[int]]:
+        """Generated ids per source (with `</s>` when generated), one batched decode.
+
+        `should_stop()` is polled after each greedy/sampling step; True ends the batch early
+        (every request of it was cancelled). Beam search cannot be stopped part way.
+        """
+        kwargs, forced = self._length_kwargs(options)
+        if kwargs["max_decoding_length"] == 0:  # max_new_tokens 1 with forced </s>
+            return [[self.eos_id] for _ in sources]
+        callback = None
+        if should_stop is not None and options.num_beams == 1:
+
+            def callback(step: Any) -> bool:
+                return should_stop()
+
+        rerank = forced and options.num_beams > 1 and options.length_penalty != 0
+        results = self._translator_for(options).translate_batch(
+            [self.tokens(s) for s in sources],
+            beam_size=options.num_beams,
+            num_hypotheses=options.num_beams if rerank else 1,
+            length_penalty=options.length_penalty,
+            callback=callback,
+            **kwargs,
+            **self._sampling_kwargs(options),
+        )
+        candidates = [[self._ids(h) for h in r.hypotheses] for r in results]
+        if rerank:
+            return self._rerank_forced(sources, candidates, options)
+        return [self._finish(hyps[0], forced) for hyps in candidates]
+
+    def _rerank_forced(
+        self,
+        sources: Sequence[Sequence[int]],
+        candidates: list[list[list[int]]],
+        options: GenerationOptions,
+    ) -> list[list[int]]:
+        """Pick each beam search's result the way transformers scores a forced `</s>`.
+
+        transformers gives the forced `</s>` log-prob 0 and divides by the full length
+        max_new_tokens**length_penalty; CTranslate2 ranked the unfinished hypothesis by its
+        max_new_tokens - 1 tokens. Rescoring the returned hypotheses exactly (teacher-forced
+        log-probs) with transformers' rule restores its choice.
+        """
+        flat_sources, flat_targets = [], []
+        for source, hyps in zip(sources, candidates, strict=True):
+            for hyp in hyps:
+                flat_sources.append(source)
+                flat_targets.append(hyp)
+        logps = iter(self.score(flat_sources, flat_targets))
+        chosen = []
+        for hyps in candidates:
+            best, best_score = hyps[0], -math.inf
+            for hyp in hyps:
+                total = sum(next(logps))
+                length = len(hyp) if hyp and hyp[-1] == self.eos_id else len(hyp) + 1
+                normalized = total / length**options.length_penalty
+                if normalized > best_score:
+                    best, best_score = hyp, normalized
+            chosen.append(self._finish(best, True))
+        return chosen
+
+    def generate_tokens(
+        self, source: Sequence[int], options: GenerationOptions
+    ) -> Generator[int, None, None]:
+        """Ids of one greedy/sampled summary as they are decoded (closing the iterator stops it)."""
+        if options.num_beams != 1:
+            raise ValueError(f"streaming needs num_beams == 1, got {options.num_beams}")
+        kwargs, forced = self._length_kwargs(options)
+        if kwargs["max_decoding_length"] == 0:
+            yield self.eos_id
+            return
+        kwargs.pop("return_end_token")
+        last = None
+        for step in self._translator_for(options).generate_tokens(
+            self.tokens(source), **kwargs, **self._sampling_kwargs(options)
+        ):
+            last = step.token_id
+            yield last
+        if forced and last != self.eos_id:
+            yield self.eos_id

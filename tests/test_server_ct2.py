@@ -1,0 +1,134 @@
+"""The gRPC server on the CTranslate2 backend, started for real on 127.0.0.1:0.
+
+Same tiny random-weight model as tests/test_server.py; the transformers server's answers are
+the reference the CTranslate2 server must reproduce through every RPC.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from server.protos import pb2
+
+from pegasus_gsg.client import SummarizerClient
+from server.app import SummarizerServer
+from tests._server_helpers import fitting_docs, rpc_error, running_server
+
+pytest.importorskip("ctranslate2")
+
+CT2 = dict(backend="ctranslate2", max_batch_size=8, max_wait_ms=2)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def docs(tiny_summarizer_dir: Path) -> list[str]:
+    return fitting_docs(tiny_summarizer_dir)
+
+
+@pytest.fixture(scope="module")
+def ct2_server(tiny_summarizer_dir: Path, tmp_path_factory) -> Iterator[SummarizerServer]:
+    cache = tmp_path_factory.mktemp("ct2_cache")
+    with running_server(tiny_summarizer_dir, serving={**CT2, "ct2_cache_dir": cache}) as app:
+        yield app
+
+
+@pytest.fixture(scope="module")
+def client(ct2_server: SummarizerServer) -> Iterator[SummarizerClient]:
+    with SummarizerClient(ct2_server.address, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def hf_answers(tiny_summarizer_dir: Path, docs: list[str]) -> dict[str, list[str]]:
+    """The transformers server's greedy and beam-3 summaries, one request at a time."""
+    with running_server(tiny_summarizer_dir) as app, SummarizerClient(app.address) as c:
+        return {
+            "greedy": [c.summarize(d).summary for d in docs],
+            "beam": [c.summarize(d, num_beams=3).summary for d in docs],
+        }
+
+
+def test_model_info_reports_backend_and_compute_type(client):
+    info = client.model_info()
+    assert (info.backend, info.compute_type) == ("ctranslate2", "float32")
+
+
+def test_summaries_equal_the_transformers_server(client, docs, hf_answers):
+    assert [client.summarize(d).summary for d in docs] == hf_answers["greedy"]
+    batch = client.summarize_batch(docs)
+    assert [r.summary for r in batch] == hf_answers["greedy"]
+    assert max(r.batch_size for r in batch) > 1
+    assert [client.summarize(d, num_beams=3).summary for d in docs] == hf_answers["beam"]
+
+
+def test_stream_concatenates_to_the_unary_summary(ct2_server, docs, hf_answers):
+    with grpc.insecure_channel(ct2_server.address) as channel:
+        from server.protos import pb2_grpc
+
+        call = pb2_grpc.SummarizerStub(channel).SummarizeStream
+        for doc, expected in zip(docs[:4], hf_answers["greedy"], strict=False):
+            messages = list(call(pb2.SummarizeRequest(text=doc), timeout=60))
+            assert messages[-1].done and all(not m.done for m in messages[:-1])
+            assert "".join(m.text_delta for m in messages) == expected == messages[-1].final.summary
+
+
+def test_seeded_sampling_repeats_and_min_length_holds(client, docs):
+    first = client.summarize(docs[0], do_sample=True, seed=11, max_new_tokens=12)
+    again = client.summarize(docs[0], do_sample=True, seed=11, max_new_tokens=12)
+    assert first.summary == again.summary
+    reply = client.summarize(docs[0], min_new_tokens=10, max_new_tokens=10)
+    assert reply.output_tokens == 10
+
+
+def test_deadline_and_overlong_policy(ct2_server, client, docs):
+    with grpc.insecure_channel(ct2_server.address) as channel:
+        from server.protos import pb2_grpc
+
+        stub = pb2_grpc.SummarizerStub(channel)
+        err = rpc_error(stub.Summarize, pb2.SummarizeRequest(text=docs[0]), timeout=0.001)
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        long = " ".join(docs * 20)
+        err = rpc_error(stub.Summarize, pb2.SummarizeRequest(text=long), timeout=60)
+        assert (
+            err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            and "over the server's limit" in err.details()
+        )
+        reply = stub.Summarize(
+            pb2.SummarizeRequest(text=long, overlong=pb2.OVERLONG_POLICY_TRUNCATE), timeout=60
+        )
+        assert reply.truncated
+    assert client.summarize(docs[1]).summary  # still serving
+
+
+def run_server(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "server", "--port", "0", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_unsupported_compute_type_is_refused_listing_the_supported(tiny_summarizer_dir):
+    proc = run_server("--model", str(tiny_summarizer_dir), "--backend", "ctranslate2",
+                      "--compute-type", "float16")  # fmt: skip
+    assert proc.returncode == 2
+    assert "'float16' is not supported on cpu" in proc.stderr and "int8" in proc.stderr
+    assert "listening on" not in proc.stderr  # refused before binding
+
+
+def test_unconvertible_model_fails_naming_what_is_missing(tiny_summarizer_dir, tmp_path):
+    import shutil
+
+    broken = Path(shutil.copytree(tiny_summarizer_dir, tmp_path / "m"))
+    (broken / "model.safetensors").unlink()
+    proc = run_server("--model", str(broken), "--backend", "ctranslate2")
+    assert proc.returncode == 1
+    assert "has no weights: expected one of model.safetensors" in proc.stderr
+    assert "serving " not in proc.stderr  # never reported SERVING
