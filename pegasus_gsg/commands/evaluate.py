@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="predictions.jsonl to write")
     parser.add_argument("--num-beams", type=int, help="default: the model's generation config")
     parser.add_argument("--max-new-tokens", type=int, help="default: the model's generation config")
+    parser.add_argument(
+        "--length-penalty",
+        type=float,
+        help="beam search: exponent on length dividing each beam's log-prob (>1 favours longer); "
+        "default: the model's generation config",
+    )
     parser.add_argument("--max-input-len", type=int, default=512)
     parser.add_argument(
         "--batch-tokens",
@@ -108,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         gen.num_beams = args.num_beams
     if args.max_new_tokens is not None:
         gen.max_new_tokens = args.max_new_tokens
+    if args.length_penalty is not None:
+        gen.length_penalty = args.length_penalty
     max_len = min(args.max_input_len, model.config.max_position_embeddings)
     inputs = tokenizer([r[args.text_field] for r in records], truncation=True, max_length=max_len)[
         "input_ids"
