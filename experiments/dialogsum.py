@@ -776,7 +776,7 @@ def write_samples(report: Mapping[str, Any], plan: Plan, path: Path) -> Path:
     for i in picks:
         lines.append(f"## test dialogue {test[i].get('id', i)}\n")
         lines.append("```\n" + test[i]["document"] + "\n```\n")
-        lines.append(f"- **reference**: {test[i]['summary']}")
+        lines.append(f"- **reference**: {test[i]['summary']}".replace("\n", " / "))
         for name, rows in preds.items():
             lines.append(f"- **{name}**: {rows[i]['prediction']!s}".replace("\n", " / "))
         lines.append("")
