@@ -245,8 +245,12 @@ def build_data(plan: Plan) -> dict[str, Any]:
     """
     folder = plan.out / "data"
     summary = folder / "counts.json"
+    key = data_key(plan)
     if summary.is_file():
-        return dict(json.loads(summary.read_text()))
+        counts = dict(json.loads(summary.read_text()))
+        if counts.get("plan") == key:
+            return counts
+        logger.info("data sizes or seed changed since %s was written: rebuilding", summary)
     pairs = dedup_pairs(read_pairs(plan.data_dir / "dialogsum" / "data.jsonl"), SPLITS)
     train, val, test = (pairs.splits[s] for s in SPLITS)
     # Unlabelled text for the tokenizer and pretraining: the dialogues only, never a summary.
@@ -281,9 +285,17 @@ def build_data(plan: Plan) -> dict[str, Any]:
         "samsum_test_scored": len(samsum),
         "lp_validation": plan.lp_val_size,
         "low_lp_validation": plan.low_lp_val_size,
+        "plan": key,
     }
     summary.write_text(json.dumps(counts, indent=2))
     return counts
+
+
+def data_key(plan: Plan) -> dict[str, Any]:
+    """The plan fields that decide the data files (a change rebuilds them and the baselines)."""
+    names = ("seed", "seeds", "low_steps", "lp_val_size", "low_lp_val_size", "test_size",
+             "samsum_size", "pretrain_docs", "lead_ks", "gsrs")  # fmt: skip
+    return dict(json.loads(json.dumps({n: getattr(plan, n) for n in names})))  # tuples: lists
 
 
 def read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
@@ -370,7 +382,9 @@ def run_baselines(plan: Plan) -> dict[str, Any]:
     """
     path = plan.out / "baselines.json"
     if path.is_file():
-        return dict(json.loads(path.read_text()))
+        cached = dict(json.loads(path.read_text()))
+        if cached.get("plan") == data_key(plan):
+            return cached
     data = plan.out / "data"
     val = read_jsonl_rows(data / "validation.jsonl")
     val_docs, val_refs = [r["document"] for r in val], [r["summary"] for r in val]
@@ -420,6 +434,7 @@ def run_baselines(plan: Plan) -> dict[str, Any]:
         "chosen": {"lead_k": best_k, "gsr": best_gsr},
         "criterion": "mean of ROUGE-1, ROUGE-2, ROUGE-Lsum F1 on the validation split",
         "results": results,
+        "plan": data_key(plan),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False))
