@@ -1,12 +1,13 @@
 """Restartable experiment stages, deduplicated pair slices and result tables.
 
-Shared by `low_resource.py` and `chinese.py`. An experiment is a list of stages, each one
-command line of the project's own tools (`pegasus-gsg tokenizer train`, `pegasus-gsg prepare`,
-`python -m pegasus_gsg.pretrain|finetune`, `pegasus-gsg evaluate`), run in a subprocess with
-its output in `OUT/logs/<stage>.log`. A stage that finished leaves `OUT/done/<stage>.json`
-(the exact command, seconds, end time); a rerun of the script skips it, so an interrupted
-experiment continues where it stopped. Pretraining runs save checkpoints and are resumed with
-`--resume latest`; the short fine-tuning runs are simply restarted from scratch.
+Shared by `low_resource.py`, `chinese.py` and `dialogsum.py`. An experiment is a list of stages,
+each one command line of the project's own tools (`pegasus-gsg tokenizer train`, `pegasus-gsg
+prepare`, `python -m pegasus_gsg.pretrain|finetune`, `pegasus-gsg evaluate`), run in a
+subprocess with its output in `OUT/logs/<stage>.log`. A stage that finished leaves
+`OUT/done/<stage>.json` (the exact command, seconds, end time); a rerun of the script skips it,
+so an interrupted experiment continues where it stopped. Pretraining runs save checkpoints and
+are resumed with `--resume latest`; the short fine-tuning runs are simply restarted from
+scratch.
 
 Pairs: `dedup_pairs` keeps each document once, training side first, so no evaluated document
 was seen in training (AESLC as released repeats 1,301 email bodies, some across splits). The
@@ -24,8 +25,10 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,17 +49,23 @@ class StageRunner:
     out: Path
     threads: int = 2
     records: list[dict[str, Any]] = field(default_factory=list)
+    heartbeat_s: float = 30.0
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         (self.out / "done").mkdir(parents=True, exist_ok=True)
 
+    def spent(self, name: str) -> float:
+        """Wall seconds stage `name` ran in earlier, unfinished attempts (0 for a new one)."""
+        ledger = self.out / "done" / f"{name}.spent"
+        return float(ledger.read_text()) if ledger.is_file() else 0.0
+
     def done(self, name: str) -> dict[str, Any] | None:
         marker = self.out / "done" / f"{name}.json"
         return json.loads(marker.read_text()) if marker.is_file() else None
 
-    def run(self, name: str, cmd: Sequence[str], *, clean: Path | None = None) -> dict[str, Any]:
+    def run(self, name: str, cmd: Sequence[object], *, clean: Path | None = None) -> dict[str, Any]:
         """Run `cmd` unless stage `name` is done; `clean` is removed first (a partial run).
 
         Raises:
@@ -79,23 +88,108 @@ class StageRunner:
         }
         log = self.out / "logs" / f"{name}.log"
         start = time.perf_counter()
-        with log.open("w", encoding="utf-8") as f:
-            code = subprocess.call(
+        before = 0.0 if clean is not None else self.spent(name)  # a clean start owes nothing
+        ledger = self.out / "done" / f"{name}.spent"
+        with log.open("a" if before else "w", encoding="utf-8") as f:
+            proc = subprocess.Popen(
                 [str(c) for c in cmd], cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env
             )
+            while True:
+                try:
+                    code = proc.wait(timeout=self.heartbeat_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    # Seconds this stage has used over all attempts, at most one heartbeat
+                    # stale even after a kill -9 of this script: what a resumed run has left.
+                    ledger.write_text(f"{before + time.perf_counter() - start:.1f}")
         seconds = time.perf_counter() - start
+        ledger.write_text(f"{before + seconds:.1f}")
         if code != 0:
             raise RuntimeError(f"stage {name} failed with exit {code}: {line} (see {log})")
         record = {
             "stage": name,
             "command": line,
             "seconds": round(seconds, 1),
+            "seconds_all_attempts": round(before + seconds, 1),
             "end": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (self.out / "done" / f"{name}.json").write_text(json.dumps(record, indent=2))
         logger.info("done %s in %.0f s", name, seconds)
         self.records.append(record)
         return record
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of an experiment for `run_tasks`: `fn` runs after every task in `after`."""
+
+    name: str
+    fn: Callable[[], Any]
+    after: tuple[str, ...] = ()
+
+
+def run_tasks(tasks: Sequence[Task], workers: int) -> dict[str, Any]:
+    """Run `tasks` on `workers` threads, each task once all of its `after` tasks finished.
+
+    Tasks start in list order among those ready, so list the long chain first. The tasks'
+    work is subprocesses (StageRunner.run), so threads are enough. Returns name -> result.
+
+    Raises:
+        ValueError: a task waits for a name that is not in `tasks`, or names repeat.
+        Exception: the first task that failed; no new task starts after a failure.
+    """
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"task names repeat: {sorted(n for n in names if names.count(n) > 1)}")
+    unknown = {a for t in tasks for a in t.after} - set(names)
+    if unknown:
+        raise ValueError(f"tasks wait for unknown tasks {sorted(unknown)}")
+    pending = list(tasks)
+    finished: dict[str, Any] = {}
+    failed: list[BaseException] = []
+    cond = threading.Condition()
+
+    def next_task() -> Task | None:
+        with cond:
+            while True:
+                if failed or not pending:
+                    return None
+                ready = [t for t in pending if all(a in finished for a in t.after)]
+                if ready:
+                    pending.remove(ready[0])
+                    return ready[0]
+                cond.wait()
+
+    def worker() -> None:
+        while (task := next_task()) is not None:
+            try:
+                result = task.fn()
+            except BaseException as err:
+                with cond:
+                    failed.append(err)
+                    cond.notify_all()
+                return
+            with cond:
+                finished[task.name] = result
+                cond.notify_all()
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for _ in range(max(1, workers)):
+            pool.submit(worker)
+    if failed:
+        raise failed[0]
+    return finished
+
+
+def distinct_rate(predictions: Sequence[str]) -> float:
+    """Share of predictions that no other prediction equals (after stripping whitespace):
+    1.0 when all differ; a model writing one summary for everything scores about 0."""
+    if not predictions:
+        raise ValueError("distinct_rate: no predictions")
+    counts: dict[str, int] = {}
+    for p in predictions:
+        counts[p.strip()] = counts.get(p.strip(), 0) + 1
+    return sum(1 for p in predictions if counts[p.strip()] == 1) / len(predictions)
 
 
 def rel(path: Path) -> str:
@@ -111,9 +205,12 @@ def read_pairs(path: Path) -> list[dict[str, Any]]:
     return [r for _, r in read_jsonl(path, required=("document", "summary"))]
 
 
-def dedup_pairs(records: Iterable[Mapping[str, Any]]) -> DedupedPairs:
-    """Train and test pairs, each document once, training side first (dev/validation ignored)."""
-    return _dedup_pairs(records, ("train", "test"))
+def dedup_pairs(
+    records: Iterable[Mapping[str, Any]], splits: Sequence[str] = ("train", "test")
+) -> DedupedPairs:
+    """Pairs of `splits`, each document once, in the first split (in that order) holding it;
+    other splits (by default dev/validation) are ignored."""
+    return _dedup_pairs(records, splits)
 
 
 def seeded_sample(rows: Sequence[Any], n: int, seed: int) -> list[Any]:
@@ -142,7 +239,7 @@ def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
 
 def read_rouge(preds: Path) -> dict[str, Any]:
     """The `<preds>.rouge.json` that `pegasus-gsg evaluate` writes: {"n", "scores"}."""
-    return json.loads(preds.with_name(preds.name + ".rouge.json").read_text())
+    return dict(json.loads(preds.with_name(preds.name + ".rouge.json").read_text()))
 
 
 ROUGE_COLUMNS = (("rouge1", "R-1"), ("rouge2", "R-2"), ("rougeLsum", "R-Lsum"))

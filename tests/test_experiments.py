@@ -11,10 +11,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from experiments import dialogsum
 from experiments.pipeline import (
     StageRunner,
+    Task,
     dedup_pairs,
+    distinct_rate,
     results_table,
+    run_tasks,
     seeded_sample,
 )
 from tests.conftest import SHARED_DATA
@@ -107,3 +111,188 @@ def test_stage_runner_skips_finished_stages_and_reports_failures(tmp_path):
     with pytest.raises(RuntimeError, match="stage boom failed with exit 3"):
         runner.run("boom", [sys.executable, "-c", "import sys; sys.exit(3)"])
     assert runner.done("boom") is None  # a failed stage is not marked done
+
+
+def test_run_tasks_respects_dependencies_and_stops_on_failure():
+    order: list[str] = []
+    tasks = [
+        Task("late", lambda: order.append("late"), after=("early",)),
+        Task("early", lambda: order.append("early") or 7),
+        Task("free", lambda: order.append("free")),
+    ]
+    results = run_tasks(tasks, workers=2)
+    assert order.index("early") < order.index("late") and sorted(order) == sorted(results)
+    assert results["early"] == 7
+
+    def boom() -> None:
+        raise RuntimeError("stage x failed")
+
+    ran: list[str] = []
+    with pytest.raises(RuntimeError, match="stage x failed"):
+        run_tasks([Task("x", boom), Task("y", lambda: ran.append("y"), after=("x",))], 1)
+    assert ran == []  # nothing waiting on a failed task starts
+    with pytest.raises(ValueError, match="unknown tasks"):
+        run_tasks([Task("a", lambda: None, after=("nope",))], 1)
+
+
+def test_distinct_rate_counts_predictions_nobody_else_wrote():
+    assert distinct_rate(["a", "b", "c", "d"]) == 1.0
+    assert distinct_rate(["a", "a ", "b", "c"]) == 0.5  # the two "a" are not distinct
+    assert distinct_rate(["same"] * 5) == 0.0
+    with pytest.raises(ValueError):
+        distinct_rate([])
+
+
+def test_gsg_extract_picks_the_turn_that_shares_most_with_the_rest():
+    dialogue = _dialogue(0)
+    turns = dialogsum.turns(dialogue)
+    assert dialogsum.lead_k(dialogue, 2) == "\n".join(turns[:2])
+    # gsr 0.1 of 10 turns = 1 turn: the fruit turn, whose words recur in every other turn
+    assert dialogsum.gsg_extracts([dialogue], [0.1, 0.2])[0.1] == [turns[3]]
+    assert dialogsum.first_words("a b  c\nd e", 4) == "a b c d"
+
+
+FRUIT = ["apple", "banana", "cherry", "grape", "lemon", "mango", "olive", "peach", "plum"]
+
+
+def _dialogue(i: int) -> str:
+    """10 turns; turn 3 holds all the fruit words that the other turns each repeat once, so
+    Ind-Orig ranks it first. LEAD-1 gives turn 0."""
+    lines = []
+    for t in range(10):
+        if t == 3:
+            lines.append(f"#Person1#: {' '.join(FRUIT)} basket{i}.")
+        else:
+            who = "#Person1#" if t % 2 == 0 else "#Person2#"
+            lines.append(f"{who}: {FRUIT[t % len(FRUIT)]} w{i}x{t} v{i}y{t} chat{t}.")
+    return "\n".join(lines)
+
+
+def _synthetic_dialogsum(root: Path) -> Path:
+    """DialogSum-shaped pairs whose validation and test splits prefer different baselines:
+    validation summaries are turn 0, read exactly by LEAD-1 and best by the smallest gsr (one
+    turn); test summaries are the whole dialogue, best read by the largest k and gsr."""
+    rows = []
+    for i in range(60):
+        doc = _dialogue(i)
+        turns = doc.split("\n")
+        rows.append({"id": f"train_{i}", "split": "train", "document": doc,
+                     "summary": f"{turns[0]}\n{turns[3]}"})  # fmt: skip
+    for i in range(60, 70):
+        doc = _dialogue(i)
+        rows.append({"id": f"dev_{i}", "split": "validation", "document": doc,
+                     "summary": doc.split("\n")[0]})  # fmt: skip
+    for i in range(70, 80):
+        doc = _dialogue(i)
+        rows.append({"id": f"test_{i}", "split": "test", "document": doc, "summary": doc})
+    (root / "dialogsum").mkdir(parents=True)
+    (root / "samsum_test").mkdir()
+    with (root / "dialogsum" / "data.jsonl").open("w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    with (root / "samsum_test" / "data.jsonl").open("w") as f:
+        for i in range(6):
+            f.write(json.dumps({"id": str(i), "split": "test", "document": _dialogue(100 + i),
+                                "summary": f"Person1 talks about fruit {i}."}) + "\n")  # fmt: skip
+    (root / "reuters21578_en").symlink_to(SHARED_DATA / "reuters21578_en")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (SHARED_DATA / "reuters21578_en" / "data.jsonl").is_file(), reason="shared data not present"
+)
+def test_dialogsum_dry_run_end_to_end(tmp_path):
+    """The study's whole plumbing at tiny size: stores, pretraining, fine-tuning, decoding with
+    a length penalty chosen on validation, baselines chosen on validation, restart-skip."""
+    from dataclasses import replace
+
+    out = tmp_path / "out"
+    plan = replace(
+        dialogsum.Plan.dry_run(),
+        data_dir=_synthetic_dialogsum(tmp_path / "data"),
+        out=out,
+        docs=tmp_path / "docs",
+        low_steps=((8, 2),),
+        low_minutes=((8, 1.0),),
+        gsrs=(0.1, 0.3, 0.5),
+        lead_ks=(1, 4, 10),
+    )
+    report = dialogsum.run(plan)
+
+    # Baselines: k and gsr come from validation, where LEAD-1 and gsr 0.1 are exact; on the
+    # test split the largest k / gsr would have won.
+    base = report["baselines"]
+    assert base["chosen"] == {"lead_k": 1, "gsr": 0.1}
+    test_rows = dialogsum.read_jsonl_rows(out / "data" / "test.jsonl")
+    docs, refs = [r["document"] for r in test_rows], [r["summary"] for r in test_rows]
+    assert dialogsum.mean_rouge([dialogsum.lead_k(d, 10) for d in docs], refs) > (
+        dialogsum.mean_rouge([dialogsum.lead_k(d, 1) for d in docs], refs)
+    )
+    gsg_test = dialogsum.gsg_extracts(docs, [0.1, 0.5])
+    assert dialogsum.mean_rouge(gsg_test[0.5], refs) > dialogsum.mean_rouge(gsg_test[0.1], refs)
+    names = {r["model"] for r in base["results"] if r["split"] == "test"}
+    assert {"LEAD-1", "GSG Ind-Orig extract (gsr 0.1)", "first words, gold length"} == names
+
+    # Models: the full-data pair (also on SAMSum) and low-resource runs for both seeds.
+    models = {m["key"]: m for m in report["models"]}
+    assert set(models) == {"full_random", "full_ind_orig", "low_8_random_seed0",
+                           "low_8_random_seed1", "low_8_ind_orig_seed0",
+                           "low_8_ind_orig_seed1"}  # fmt: skip
+    for key, m in models.items():
+        by_lp = m["length_penalty_validation"]
+        assert m["length_penalty"] == dialogsum.choose({float(k): v for k, v in by_lp.items()})
+        preds = [
+            r["prediction"]
+            for r in dialogsum.read_jsonl_rows(dialogsum.REPO / m["test"]["predictions"])
+        ]
+        assert len(preds) == len(test_rows)
+        assert m["test"]["distinct"] == distinct_rate(preds)
+        # test decoded once, with the validation-chosen length penalty
+        test_stages = [s for s in report["stages"] if s["stage"].startswith(f"evaluate_{key}_test")]
+        assert len(test_stages) == 1
+        assert f"--length-penalty {m['length_penalty']}" in test_stages[0]["command"]
+    assert (
+        "samsum_test" in models["full_random"] and "samsum_test" not in models["low_8_random_seed0"]
+    )
+
+    # The seed changes the sample of pairs and the training RNG.
+    s0 = dialogsum.read_jsonl_rows(out / "data" / "train_8_seed0.jsonl")
+    s1 = dialogsum.read_jsonl_rows(out / "data" / "train_8_seed1.jsonl")
+    assert [r["id"] for r in s0] != [r["id"] for r in s1]
+    assert "seed: 1" in (out / "finetune" / "low_8_random_seed1" / "config.yaml").read_text()
+    # The pretrained runs start from the pretraining output; the tokenizer never saw a summary.
+    assert all(
+        "summary" not in r
+        for r in dialogsum.read_jsonl_rows(out / "data" / "dialogues_train.jsonl")
+    )
+    low = {(r["examples"], r["init"]): r for r in report["low_resource_summary"]}
+    assert low[(8, "random init")]["seeds"] == [0, 1]
+    assert (tmp_path / "docs" / "samples.md").read_text().count("## test dialogue") == plan.samples
+
+    # Restart: a second run skips every stage; a removed marker reruns that stage only.
+    (out / "done" / "evaluate_low_8_random_seed1_test.json").unlink()
+    again = dialogsum.run(plan)
+    ran = [s["stage"] for s in again["stages"] if not s.get("skipped")]
+    assert ran == ["evaluate_low_8_random_seed1_test"]
+    assert {m["key"]: m["test"]["scores"] for m in again["models"]} == {
+        k: m["test"]["scores"] for k, m in models.items()
+    }
+
+
+def test_an_interrupted_stage_gets_only_the_rest_of_its_minutes(tmp_path):
+    runner = StageRunner(tmp_path / "exp", threads=1)
+    assert dialogsum.minutes_left(runner, "pretrain", 55.0) == 55.0
+    with pytest.raises(RuntimeError):
+        runner.run("pretrain", [sys.executable, "-c", "import sys; sys.exit(1)"])
+    assert (tmp_path / "exp" / "done" / "pretrain.spent").is_file()  # the attempt is on record
+    (tmp_path / "exp" / "done" / "pretrain.spent").write_text("1200.0")  # 20 min ran, then kill
+    assert dialogsum.minutes_left(runner, "pretrain", 55.0) == 35.0
+    (tmp_path / "exp" / "done" / "pretrain.spent").write_text("4000")
+    assert dialogsum.minutes_left(runner, "pretrain", 55.0) == 0.5  # never 0: it must export
+
+
+def test_the_committed_plan_fits_the_issue_budget():
+    budget = dialogsum.Plan().budget()
+    assert budget["wall_minutes_bound"] <= 150
+    with pytest.raises(ValueError, match="more than --wall-minutes 150"):
+        dialogsum.Plan(pretrain_minutes=140.0).budget()

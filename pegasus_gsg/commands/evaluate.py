@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="predictions.jsonl to write")
     parser.add_argument("--num-beams", type=int, help="default: the model's generation config")
     parser.add_argument("--max-new-tokens", type=int, help="default: the model's generation config")
+    parser.add_argument(
+        "--length-penalty",
+        type=float,
+        help="beam search: exponent on length dividing each beam's log-prob (>1 favours longer); "
+        "default: the model's generation config",
+    )
     parser.add_argument("--max-input-len", type=int, default=512)
     parser.add_argument(
         "--batch-tokens",
@@ -103,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
 
+    from pegasus_gsg.checkpoint import write_text_atomic
     from pegasus_gsg.evaluate import format_table, generate, rouge_report
 
     model_dir = Path(args.model)
@@ -121,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
         gen.num_beams = args.num_beams
     if args.max_new_tokens is not None:
         gen.max_new_tokens = args.max_new_tokens
+    if args.length_penalty is not None:
+        gen.length_penalty = args.length_penalty
     max_len = min(args.max_input_len, config.max_position_embeddings)
     inputs = tokenizer([r[args.text_field] for r in records], truncation=True, max_length=max_len)[
         "input_ids"
@@ -155,8 +164,11 @@ def run(args: argparse.Namespace) -> int:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, out)
     scores = {name: {"low": s.low, "mid": s.mid, "high": s.high} for name, s in report.items()}
-    out.with_name(out.name + ".rouge.json").write_text(
-        json.dumps({"n": len(records), "scores": scores}, indent=2)
+    # Written whole or not at all, like the predictions: a run killed here leaves no scores
+    # that look final.
+    write_text_atomic(
+        out.with_name(out.name + ".rouge.json"),
+        json.dumps({"n": len(records), "scores": scores}, indent=2),
     )
     print(format_table(report, len(records)))
     return 0
