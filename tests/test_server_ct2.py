@@ -13,9 +13,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from server.protos import pb2
 
 from pegasus_gsg.client import SummarizerClient
+from pegasus_gsg.protos import pb2
 from server.app import SummarizerServer
 from tests._server_helpers import fitting_docs, rpc_error, running_server
 
@@ -68,7 +68,7 @@ def test_summaries_equal_the_transformers_server(client, docs, hf_answers):
 
 def test_stream_concatenates_to_the_unary_summary(ct2_server, docs, hf_answers):
     with grpc.insecure_channel(ct2_server.address) as channel:
-        from server.protos import pb2_grpc
+        from pegasus_gsg.protos import pb2_grpc
 
         call = pb2_grpc.SummarizerStub(channel).SummarizeStream
         for doc, expected in zip(docs[:4], hf_answers["greedy"], strict=False):
@@ -87,7 +87,7 @@ def test_seeded_sampling_repeats_and_min_length_holds(client, docs):
 
 def test_deadline_and_overlong_policy(ct2_server, client, docs):
     with grpc.insecure_channel(ct2_server.address) as channel:
-        from server.protos import pb2_grpc
+        from pegasus_gsg.protos import pb2_grpc
 
         stub = pb2_grpc.SummarizerStub(channel)
         err = rpc_error(stub.Summarize, pb2.SummarizeRequest(text=docs[0]), timeout=0.001)
