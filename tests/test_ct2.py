@@ -30,10 +30,10 @@ EOS = 1
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model_dir(real_text_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ct2_model")
     return build_model_dir(
-        tiny_tokenizer_dir,
+        real_text_tokenizer_dir,
         out,
         d_model=64,
         layers=2,
@@ -81,14 +81,14 @@ def match_rate(a: list[list[int]], b: list[list[int]]) -> float:
     return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
 
 
-def test_float32_token_logprobs_equal_transformers(tiny_tokenizer_dir, tmp_path):
+def test_float32_token_logprobs_equal_transformers(real_text_tokenizer_dir, tmp_path):
     """Teacher-forced log p of 200 real AESLC subjects given their emails, both engines.
 
     Weights at init_std 0.05 (a trained model's scale): the fixture's 0.5 makes logits in the
     hundreds, where float32 rounding alone exceeds 1e-4 in either engine.
     """
     model_dir = build_model_dir(
-        tiny_tokenizer_dir, tmp_path / "m", d_model=64, layers=2, heads=4, ffn_dim=128,
+        real_text_tokenizer_dir, tmp_path / "m", d_model=64, layers=2, heads=4, ffn_dim=128,
         init_std=0.05,
     )  # fmt: skip
     model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()

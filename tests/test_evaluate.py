@@ -214,8 +214,12 @@ def test_evaluate_on_ctranslate2_equals_transformers_and_export_ct2_loads(
               "--max-samples", "30", "--bootstrap", "0"]  # fmt: skip
     assert main([*common, "--out", str(tmp_path / "hf.jsonl")]) == 0
     assert main([*common, "--out", str(tmp_path / "ct2.jsonl"), "--backend", "ctranslate2"]) == 0
-    hf = [json.loads(line)["prediction"] for line in (tmp_path / "hf.jsonl").open()]
-    fast = [json.loads(line)["prediction"] for line in (tmp_path / "ct2.jsonl").open()]
+    hf = [
+        json.loads(line)["prediction"] for line in (tmp_path / "hf.jsonl").read_text().splitlines()
+    ]
+    fast = [
+        json.loads(line)["prediction"] for line in (tmp_path / "ct2.jsonl").read_text().splitlines()
+    ]
     assert hf == fast and len(hf) == 30
     assert any(p.name.startswith("float32-") for p in (model_dir / ".ct2").iterdir())
 

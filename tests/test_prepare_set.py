@@ -105,7 +105,7 @@ def test_driver_killed_mid_run_then_rerun_completes(tmp_path, tiny_tokenizer_dir
     ]  # fmt: skip
     # The driver stops itself right after its 2nd finished shard; then it is killed -9.
     stopping = [sys.executable, str(REPO_ROOT / "tests" / "stop_after.py"), "2", *args]
-    proc = subprocess.Popen(stopping, cwd=REPO_ROOT, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(stopping, cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
     _, status = os.waitpid(proc.pid, os.WUNTRACED)
     assert os.WIFSTOPPED(status)
     # The driver and its pool workers die together (kill -9), as when its machine goes down.
