@@ -64,7 +64,7 @@ import os
 import shutil
 import socket
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -688,10 +688,16 @@ def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _existing_store(
-    out: Path, base: dict[str, Any], config: PrepareConfig
+def _existing_output(
+    out: Path,
+    base: dict[str, Any],
+    config: PrepareConfig,
+    manifest_name: str,
+    read: Callable[[Path], dict[str, Any]],
+    what: str,
 ) -> dict[str, Any] | None:
-    """The manifest of a finished store at `out` made by this very job, else None.
+    """The manifest of a finished `what` (a token store or a store set) at `out` made by this
+    very job, else None.
 
     Raises ValueError when `out` holds something else and `overwrite` is off.
     """
@@ -699,20 +705,27 @@ def _existing_store(
         return None
     if not out.is_dir():
         raise ValueError(f"output {out} exists and is not a directory")
-    if (out / MANIFEST).exists():
-        manifest = read_manifest(out)
+    if (out / manifest_name).is_file():
+        manifest = read(out)
         theirs, ours = _identity(manifest), _identity(base)
         differs = [k for k in ours if theirs.get(k) != ours[k]]
         if not differs:
             return manifest
         if not config.overwrite:
             raise ValueError(
-                f"{out} already holds a token store made differently (differs in "
+                f"{out} already holds a {what} made differently (differs in "
                 f"{', '.join(differs)}); pass --overwrite to replace it"
             )
     elif any(out.iterdir()) and not config.overwrite:
-        raise ValueError(f"output {out} exists, is not empty and is not a token store")
+        raise ValueError(f"output {out} exists, is not empty and is not a {what}")
     return None
+
+
+def _existing_store(
+    out: Path, base: dict[str, Any], config: PrepareConfig
+) -> dict[str, Any] | None:
+    """The manifest of a finished store at `out` made by this very job, else None."""
+    return _existing_output(out, base, config, MANIFEST, read_manifest, "token store")
 
 
 def prepare(
@@ -930,21 +943,7 @@ def base_dtype(base: dict[str, Any]) -> np.dtype:
 
 def _existing_set(out: Path, base: dict[str, Any], config: PrepareConfig) -> dict[str, Any] | None:
     """The manifest of a finished store set at `out` made by this very job, else None."""
-    if not out.exists():
-        return None
-    if (out / SET_MANIFEST).is_file():
-        manifest = read_set_manifest(out)
-        differs = [k for k, v in _identity(base).items() if _identity(manifest).get(k) != v]
-        if not differs:
-            return manifest
-        if not config.overwrite:
-            raise ValueError(
-                f"{out} already holds a store set made differently (differs in "
-                f"{', '.join(differs)}); pass --overwrite to replace it"
-            )
-    elif any(out.iterdir()) and not config.overwrite:
-        raise ValueError(f"output {out} exists, is not empty and is not a store set")
-    return None
+    return _existing_output(out, base, config, SET_MANIFEST, read_set_manifest, "store set")
 
 
 def _prepare_set(

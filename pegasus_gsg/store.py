@@ -63,6 +63,7 @@ import logging
 import os
 import shutil
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -275,6 +276,32 @@ class StoreBuilder:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
+def _load_manifest(
+    manifest_path: Path, required: Sequence[str], fmt: str, version: int
+) -> dict[str, Any]:
+    """A store's or a store set's manifest: a JSON object with every `required` key, written in
+    format `fmt` version `version`.
+
+    Raises:
+        ValueError: not JSON, not an object, a key missing, or another format or version.
+    """
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{manifest_path} is not valid JSON: {err}") from err
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{manifest_path} must hold a JSON object")
+    missing = [key for key in required if key not in manifest]
+    if missing:
+        raise ValueError(f"{manifest_path} is incomplete: missing {', '.join(missing)}")
+    if manifest["format"] != fmt or manifest["format_version"] != version:
+        raise ValueError(
+            f"{manifest_path}: format {manifest['format']!r} version "
+            f"{manifest['format_version']!r}; this code reads {fmt!r} version {version}"
+        )
+    return manifest
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """The parsed, complete manifest of store `path`.
 
@@ -292,20 +319,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         if path.with_name(path.name + ".partial").exists():
             hint = f" ({path.name}.partial beside it holds an unfinished prepare: rerun it)"
         raise FileNotFoundError(f"{path} has no {MANIFEST}: not a finished token store{hint}")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{manifest_path} is not valid JSON: {err}") from err
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{manifest_path} must hold a JSON object")
-    missing = [key for key in REQUIRED_KEYS if key not in manifest]
-    if missing:
-        raise ValueError(f"{manifest_path} is incomplete: missing {', '.join(missing)}")
-    if manifest["format"] != FORMAT or manifest["format_version"] != FORMAT_VERSION:
-        raise ValueError(
-            f"{manifest_path}: format {manifest['format']!r} version "
-            f"{manifest['format_version']!r}; this code reads {FORMAT!r} version {FORMAT_VERSION}"
-        )
+    manifest = _load_manifest(manifest_path, REQUIRED_KEYS, FORMAT, FORMAT_VERSION)
     if manifest["kind"] not in KINDS:
         raise ValueError(f"{manifest_path}: kind must be one of {KINDS}, got {manifest['kind']!r}")
     codec = manifest.get("token_codec")
@@ -655,21 +669,7 @@ def read_set_manifest(path: str | Path) -> dict[str, Any]:
     manifest_path = path / SET_MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{path} has no {SET_MANIFEST}: not a finished store set")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{manifest_path} is not valid JSON: {err}") from err
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{manifest_path} must hold a JSON object")
-    missing = [key for key in SET_REQUIRED_KEYS if key not in manifest]
-    if missing:
-        raise ValueError(f"{manifest_path} is incomplete: missing {', '.join(missing)}")
-    if manifest["format"] != SET_FORMAT or manifest["format_version"] != SET_FORMAT_VERSION:
-        raise ValueError(
-            f"{manifest_path}: format {manifest['format']!r} version "
-            f"{manifest['format_version']!r}; this code reads {SET_FORMAT!r} version "
-            f"{SET_FORMAT_VERSION}"
-        )
+    manifest = _load_manifest(manifest_path, SET_REQUIRED_KEYS, SET_FORMAT, SET_FORMAT_VERSION)
     if set_checksum(manifest["shards"]) != manifest["checksum"]:
         raise ValueError(f"{manifest_path}: checksum does not match the listed shard checksums")
     for shard in manifest["shards"]:
