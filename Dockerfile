@@ -40,8 +40,9 @@ COPY pyproject.toml README.md ./
 COPY pegasus_gsg ./pegasus_gsg
 COPY server ./server
 COPY proto ./proto
-# Editable install with the CTranslate2 backend (--backend ctranslate2), as setup and CI do: pegasus_gsg/protos.py finds proto/summarizer.proto next to
-# the server package and compiles it at import time (grpcio-tools is a runtime dependency).
+# Editable install, as setup and CI do, with the CTranslate2 backend (--backend ctranslate2):
+# pegasus_gsg/protos.py finds proto/summarizer.proto and compiles it at import time
+# (grpcio-tools is a runtime dependency).
 RUN pip install -e ".[ct2]" \
     && python -c "from pegasus_gsg.protos import pb2; print(pb2.DESCRIPTOR.package)"
 
