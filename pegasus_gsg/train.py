@@ -665,10 +665,7 @@ class _StopOnSigterm:
             self._installed = False
 
     def agreed(self, accelerator: Accelerator) -> bool:
-        flag = torch.tensor(float(self.requested), device=accelerator.device)
-        if accelerator.num_processes > 1:
-            flag = accelerator.reduce(flag, reduction="sum")
-        self.requested = bool(flag > 0)
+        self.requested = _any_rank(self.requested, accelerator)
         return self.requested
 
 
@@ -730,10 +727,16 @@ def _past(deadline: float, accelerator: Accelerator) -> bool:
     """True on every rank once the main process has passed the wall-clock deadline."""
     if deadline == math.inf:
         return False
-    late = torch.tensor(float(time.monotonic() > deadline), device=accelerator.device)
-    if accelerator.num_processes > 1:
-        late = accelerator.reduce(late, reduction="sum")  # ranks must stop at the same step
-    return bool(late > 0)
+    return _any_rank(time.monotonic() > deadline, accelerator)
+
+
+def _any_rank(flag: bool, accelerator: Accelerator) -> bool:
+    """True on every rank when `flag` is true on any (so that all ranks stop at the same step).
+    One process needs no collective, and no device tensor whose read would sync the device."""
+    if accelerator.num_processes == 1:
+        return flag
+    total = accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum")
+    return bool(total > 0)
 
 
 def save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, out_dir: Path, step: int) -> Path:
