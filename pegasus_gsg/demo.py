@@ -34,7 +34,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pegasus_gsg.checkpoint import atomic_file, fresh_staging_dir, replace_dir, write_text_atomic
+from pegasus_gsg.checkpoint import (
+    atomic_file,
+    fresh_staging_dir,
+    remove_tree,
+    replace_dir,
+    write_text_atomic,
+)
 from pegasus_gsg.jsonl import read_jsonl
 from pegasus_gsg.pairs import dedup_pairs
 from pegasus_gsg.report import markdown_table, plot_curves, plot_rouge_bars, read_metric
@@ -407,6 +413,7 @@ def run_demo(opts: DemoOptions) -> DemoResult:
         )
 
     def pretrain() -> str:
+        remove_tree(pre_run)  # a demo run starts afresh (the trainer refuses an old run's --out)
         _run(
             [
                 py,
@@ -428,6 +435,7 @@ def run_demo(opts: DemoOptions) -> DemoResult:
         return _final_loss(pre_run / "metrics.jsonl")
 
     def finetune() -> str:
+        remove_tree(ft_run)
         _run(
             [
                 py,

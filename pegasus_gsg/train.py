@@ -218,6 +218,27 @@ def find_checkpoint(resume: str, out_dir: Path) -> Path | None:
     return ckpt.latest_checkpoint(out_dir / "checkpoints")
 
 
+def refuse_earlier_run(out_dir: Path) -> None:
+    """A fresh run (no --resume) must not start in a directory that holds another run: its
+    rows would be appended to the old run's logs, and a later `--resume latest` would pick
+    the old run's newer checkpoint.
+
+    Raises:
+        ValueError: out_dir has complete checkpoints or logged rows; says what to do instead.
+    """
+    found = [c.name for c in ckpt.complete_checkpoints(out_dir / "checkpoints", warn=False)]
+    found += [
+        name
+        for name in ("metrics.jsonl", "eval.jsonl")
+        if (out_dir / name).is_file() and (out_dir / name).stat().st_size > 0
+    ]
+    if found:
+        raise ValueError(
+            f"--out {out_dir} already holds a run ({', '.join(found)}): continue it with "
+            "--resume latest, or start afresh in a new --out (or delete this one)"
+        )
+
+
 def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> None:
     """Refuse a checkpoint written under a different training configuration.
 
@@ -435,6 +456,8 @@ def train(
         check_resume_config(checkpoint, cfg)
     elif resume:
         logger.info("--resume latest: no checkpoint under %s yet; starting from step 0", out_dir)
+    else:
+        refuse_earlier_run(out_dir)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         with ckpt.atomic_file(out_dir / "config.yaml") as tmp:

@@ -301,6 +301,25 @@ def test_resume_from_another_config_is_refused_before_training(
     assert (out / "metrics.jsonl").read_text() == before  # nothing trained, nothing appended
 
 
+def test_a_fresh_run_in_an_old_runs_out_is_refused_before_training(
+    stores, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "run"
+    finetune(stores, out, "schedule.max_steps=2", "checkpoint.save_every=2")
+    before = (out / "metrics.jsonl").read_text()
+    err = run_cli_line(monkeypatch, capsys, base_argv(stores, out))
+    assert err == (
+        f"pegasus_gsg.finetune: error: --out {out} already holds a run (step_00000002, "
+        "metrics.jsonl): continue it with --resume latest, or start afresh in a new --out "
+        "(or delete this one)"
+    )
+    assert (out / "metrics.jsonl").read_text() == before  # nothing trained, nothing appended
+    # Only logged rows (a run killed before its first save) count as a run too.
+    shutil.rmtree(out / "checkpoints")
+    err = run_cli_line(monkeypatch, capsys, base_argv(stores, out))
+    assert "already holds a run (metrics.jsonl)" in err
+
+
 def test_missing_data_dir_is_refused(stores, tmp_path, monkeypatch, capsys):
     argv = base_argv(stores, tmp_path / "run")
     argv[argv.index("--train") + 1] = str(tmp_path / "nope")
