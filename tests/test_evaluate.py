@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,40 @@ def test_evaluate_command_writes_predictions_and_prints_rouge(
     saved = json.loads((tmp_path / "predictions.jsonl.rouge.json").read_text())
     assert saved["n"] == 12
     assert saved["scores"]["rouge1"]["mid"] == pytest.approx(report["rouge1"].mid)
+
+
+def test_evaluate_no_repeat_ngram_size_reaches_generation(tiny_model_dir, tmp_path, capsys):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
+
+    from pegasus_gsg.cli import main
+
+    data = tmp_path / "pairs.jsonl"
+    docs = [f"the market {w} rose and the market fell again today {w}" for w in "abcdef"]
+    data.write_text("".join(json.dumps({"document": d, "summary": "x"}) + "\n" for d in docs))
+
+    def predictions(*extra: str) -> list[str]:
+        out = tmp_path / f"p{len(extra)}.jsonl"
+        argv = ["evaluate", "--model", str(tiny_model_dir), "--input", str(data), "--out",
+                str(out), "--max-new-tokens", "24", "--bootstrap", "10", *extra]  # fmt: skip
+        assert main(argv) == 0
+        return [json.loads(line)["prediction"] for line in out.read_text().splitlines()]
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    inputs = tokenizer(docs)["input_ids"]
+    plain = GenerationConfig(**{**model.generation_config.to_dict(), "max_new_tokens": 24})
+    blocked = GenerationConfig(**{**plain.to_dict(), "no_repeat_ngram_size": 1})
+    ids_plain = generate(model, inputs, plain)
+    ids_blocked = generate(model, inputs, blocked)
+    # The untrained model repeats tokens unless told not to: the option changes the output.
+    assert any(len(set(ids)) < len(ids) for ids in ids_plain)
+    assert all(len(set(ids)) == len(ids) for ids in ids_blocked)
+    decode = partial(tokenizer.batch_decode, skip_special_tokens=True)
+    assert predictions() == decode(ids_plain)
+    assert predictions("--no-repeat-ngram-size", "1") == decode(ids_blocked)
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--input", str(data), "--out",
+                 str(tmp_path / "x.jsonl"), "--no-repeat-ngram-size", "-1"]) == 1  # fmt: skip
+    assert "--no-repeat-ngram-size must be >= 0, got -1" in capsys.readouterr().err
 
 
 def test_evaluate_command_names_a_missing_field(tiny_model_dir, tmp_path, capsys):

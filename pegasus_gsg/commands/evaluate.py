@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="beam search: exponent on length dividing each beam's log-prob (>1 favours longer); "
         "default: the model's generation config",
     )
+    parser.add_argument(
+        "--no-repeat-ngram-size",
+        type=int,
+        help="forbid repeating any n-gram of this size in a summary (0: off); "
+        "default: the model's generation config",
+    )
     parser.add_argument("--max-input-len", type=int, default=512)
     parser.add_argument(
         "--batch-tokens",
@@ -117,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--model {model_dir}: not a model directory (no config.json)")
     if args.compute_type is not None and args.backend != "ctranslate2":
         raise ValueError("--compute-type needs --backend ctranslate2")
+    if args.no_repeat_ngram_size is not None and args.no_repeat_ngram_size < 0:
+        raise ValueError(f"--no-repeat-ngram-size must be >= 0, got {args.no_repeat_ngram_size}")
     records = read_pairs(args)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
@@ -130,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         gen.max_new_tokens = args.max_new_tokens
     if args.length_penalty is not None:
         gen.length_penalty = args.length_penalty
+    if args.no_repeat_ngram_size is not None:
+        gen.no_repeat_ngram_size = args.no_repeat_ngram_size
     max_len = min(args.max_input_len, config.max_position_embeddings)
     inputs = tokenizer([r[args.text_field] for r in records], truncation=True, max_length=max_len)[
         "input_ids"
@@ -140,8 +150,13 @@ def run(args: argparse.Namespace) -> int:
 
         device = ct2.default_device()
         compute_type = ct2.resolve_compute_type(args.compute_type, device)
+        # OMP_NUM_THREADS caps CTranslate2's threads as it caps torch's (its default is 4,
+        # which oversubscribes a core that another job was given).
         decoder = ct2.Ct2Decoder(
-            ct2.cached_conversion(model_dir, compute_type), device=device, compute_type=compute_type
+            ct2.cached_conversion(model_dir, compute_type),
+            device=device,
+            compute_type=compute_type,
+            threads=int(os.environ.get("OMP_NUM_THREADS") or 0),
         )
         outputs = generate_ct2(decoder, inputs, gen, max_tokens=args.batch_tokens)
     else:
