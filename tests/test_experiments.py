@@ -269,6 +269,24 @@ def test_dialogsum_dry_run_end_to_end(tmp_path):
     assert low[(8, "random init")]["seeds"] == [0, 1]
     assert (tmp_path / "docs" / "samples.md").read_text().count("## test dialogue") == plan.samples
 
+    # ROUGE against fine-tuning time: every checkpoint of the full run is decoded; the last
+    # one holds the exported model's weights, so it writes the model's own test predictions.
+    from experiments import dialogsum_curve
+
+    curve = dialogsum_curve.curve(plan, "full_random", out / "finetune" / "full_random" /
+                                  "checkpoints", n=4)  # fmt: skip
+    assert [p["step"] for p in curve["points"]] == [1, 2, 3]
+    assert all(p["minutes"] >= 0 for p in curve["points"])
+    final_preds = dialogsum.read_jsonl_rows(
+        dialogsum.REPO / models["full_random"]["test"]["predictions"]
+    )
+    step3 = dialogsum.read_jsonl_rows(out / "curve" / "full_random" / "step_00000003.jsonl")
+    assert [r["prediction"] for r in step3] == [r["prediction"] for r in final_preds[:4]]
+    assert set(curve["baselines_same_dialogues"]) == {"LEAD-1", "first words, gold length"}
+    assert dialogsum_curve.main(["--out", str(out), "--docs", str(tmp_path / "docs"),
+                                 "--n", "4"]) == 0  # fmt: skip
+    assert (tmp_path / "docs" / "curve_full_random.png").stat().st_size > 0
+
     # Restart: a second run skips every stage; a removed marker reruns that stage only.
     (out / "done" / "evaluate_low_8_random_seed1_test.json").unlink()
     again = dialogsum.run(plan)
