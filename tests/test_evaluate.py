@@ -237,7 +237,7 @@ def test_evaluate_on_ctranslate2_equals_transformers_and_export_ct2_loads(
 ):
     """The exported (forced-</s>) model: same predictions on both backends; export-ct2 output
     is a directory the CTranslate2 decoder loads directly."""
-    pytest.importorskip("ctranslate2")
+    ctranslate2 = pytest.importorskip("ctranslate2")
     import shutil
 
     from pegasus_gsg import ct2
@@ -264,4 +264,7 @@ def test_evaluate_on_ctranslate2_equals_transformers_and_export_ct2_loads(
     assert decoder.manifest["source_sha256"] == ct2.model_checksum(model_dir)
     assert main(["export-ct2", str(model_dir), "--compute-type", "float16", "--out",
                  str(tmp_path / "x")]) == 1  # fmt: skip
-    assert "supported: float32, int8, int8_float32" in capsys.readouterr().err
+    # The list depends on the CPU the build runs on (int16 is listed on some machines only).
+    supported = sorted(ctranslate2.get_supported_compute_types("cpu"))
+    assert {"float32", "int8"} <= set(supported) and "float16" not in supported
+    assert f"supported: {', '.join(supported)}" in capsys.readouterr().err
