@@ -96,21 +96,24 @@ class Plan:
     pretrain_docs: int | None = None
     """Records read from each pretraining source (None: all of Reuters and all dialogues)."""
     pretrain_steps: int = 6000
-    """An upper bound: pretraining stops at `pretrain_minutes` (~2,800 steps at the issue's
-    quiet-machine 4-5k tokens/s); inverse-sqrt decay makes that stop no worse than planned."""
+    """An upper bound: pretraining stops at `pretrain_minutes` (1,177 steps in the committed run,
+    2,420 tokens/s with the other core busy); inverse-sqrt decay makes that stop no worse than
+    planned."""
     pretrain_minutes: float = 50.0
     full_steps: int = 5000
-    """Also an upper bound; the full-data runs stop at `full_minutes` (~2,000 steps quiet)."""
+    """Also an upper bound; the full-data runs stop at `full_minutes` (1,208-1,260 steps)."""
     full_minutes: float = 35.0
     full_save_every: int = 200
     full_keep: int = 50
     """Checkpoints of a full-data run: every one is kept (~115 MB each), so that
     experiments/dialogsum_curve.py can decode them (ROUGE against fine-tuning minutes)."""
     low_steps: tuple[tuple[int, int], ...] = ((100, 100), (1000, 300))
-    """(training pairs, optimizer steps) of the low-resource runs: fixed steps, so random and
-    pretrained runs are compared at equal updates (~16 and ~5 epochs)."""
+    """(training pairs, optimizer steps) of the low-resource runs, meant to compare random and
+    pretrained runs at equal updates; see `low_minutes` for what the run reached."""
     low_minutes: tuple[tuple[int, float], ...] = ((100, 2.5), (1000, 6.0))
-    """Safety caps only; at ~1 s/step the low-resource runs end by their steps."""
+    """Wall-clock caps. At the measured ~1.7 s/step the 100-pair runs ended by their steps
+    (86-100) but the 1,000-pair runs by the cap (198-218 of 300 steps; random init got the
+    more), so those compare equal minutes rather than equal updates."""
     seeds: int = 3
     num_beams: int = 4
     backend: str = "ctranslate2"
