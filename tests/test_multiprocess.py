@@ -196,6 +196,11 @@ def test_two_process_loss_equals_one_process_over_the_same_global_batches(
 
     multi = AutoModelForSeq2SeqLM.from_pretrained(reference / "out" / "model")
     for (name, a), b in zip(multi.named_parameters(), single.model.parameters(), strict=True):
+        if name.endswith("k_proj.bias"):
+            # Its gradient is zero in exact arithmetic (softmax cancels a shift of every key
+            # by q.b), so its value is rounding noise that Adam scales up to lr-sized steps:
+            # it differs between summation orders (machines), whatever the training does.
+            continue
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
 
 

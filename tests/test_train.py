@@ -77,10 +77,10 @@ def test_overfits_one_batch(stores, tmp_path):
         "optim.lr=5e-3",
         "optim.weight_decay=0",
         "schedule.decay=constant",
-        "schedule.max_steps=80",
+        "schedule.max_steps=150",
     )
     history = losses(tmp_path / "run")
-    assert len(history) == 80 and result.state.step == 80
+    assert len(history) == 150 and result.state.step == 150
     assert history[0] > math.log(1000) - 1.0  # starts near chance over a ~1000-id vocabulary
     assert history[-1] < 0.5, history[-10:]  # memorised: below 0.5 nats per target token
 
