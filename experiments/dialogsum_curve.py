@@ -13,8 +13,9 @@ the same ROUGE code as every other row; the baselines are rescored on the same d
 Minutes are wall-clock since the run started (its stage record in OUT/done), read from each
 checkpoint's file time, so they include validation passes and saves, as a user's run would.
 
-The study keeps two checkpoints per run (`checkpoint.keep`); the committed figures used hard
-links of every checkpoint taken while the study ran (`--checkpoints`), which are the same files.
+The study keeps every checkpoint of a full-data run (`Plan.full_keep`). The committed run
+predates that and kept two, so its figures used hard links of every checkpoint taken while it
+ran (`--checkpoints`), which are the same files.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from experiments.pipeline import (
     setup_logging,
     write_jsonl,
 )
+from pegasus_gsg.checkpoint import fresh_staging_dir, remove_tree, replace_dir
 
 logger = logging.getLogger("dialogsum_curve")
 
@@ -64,12 +66,10 @@ def checkpoint_model(checkpoint: Path, template: Path, out: Path) -> Path:
     if not expected <= set(renamed):
         missing = sorted(expected - set(renamed))[:3]
         raise ValueError(f"{checkpoint}: weights {missing} of {template} are not in it")
-    staging = out.with_name(out.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(template, staging, ignore=shutil.ignore_patterns(".ct2"))  # not its cache
+    staging = fresh_staging_dir(out)
+    shutil.copytree(template, staging, ignore=shutil.ignore_patterns(".ct2"), dirs_exist_ok=True)
     save_file({k: renamed[k].contiguous() for k in expected}, str(staging / "model.safetensors"))
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    replace_dir(staging, out)
     return out
 
 
@@ -117,7 +117,7 @@ def curve(plan: Plan, run: str, checkpoints: Path, n: int) -> dict[str, Any]:
                  "--max-new-tokens", plan.max_target_len, "--num-beams", plan.num_beams,
                  "--length-penalty", lp, "--backend", plan.backend, "--out", rel(preds)],
             )  # fmt: skip
-            shutil.rmtree(model)  # ~40 MB each; the predictions are what is kept
+            remove_tree(model)  # ~40 MB each; the predictions are what is kept
         minutes = ((ckpt / "run_config.json").stat().st_mtime - start) / 60
         points.append(
             {"step": step, "minutes": round(minutes, 1), "scores": read_rouge(preds)["scores"]}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
 
-    from pegasus_gsg.checkpoint import write_text_atomic
+    from pegasus_gsg.checkpoint import atomic_file, write_text_atomic
     from pegasus_gsg.evaluate import format_table, generate, rouge_report
 
     model_dir = Path(args.model)
@@ -150,13 +149,13 @@ def run(args: argparse.Namespace) -> int:
 
         device = ct2.default_device()
         compute_type = ct2.resolve_compute_type(args.compute_type, device)
-        # OMP_NUM_THREADS caps CTranslate2's threads as it caps torch's (its default is 4,
-        # which oversubscribes a core that another job was given).
+        # torch's thread count (OMP_NUM_THREADS, else the CPUs) for CTranslate2 too, as the
+        # server does: its own default is 4, which oversubscribes a core given to another job.
         decoder = ct2.Ct2Decoder(
             ct2.cached_conversion(model_dir, compute_type),
             device=device,
             compute_type=compute_type,
-            threads=int(os.environ.get("OMP_NUM_THREADS") or 0),
+            threads=torch.get_num_threads(),
         )
         outputs = generate_ct2(decoder, inputs, gen, max_tokens=args.batch_tokens)
     else:
@@ -170,14 +169,12 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_file(out) as tmp, tmp.open("w", encoding="utf-8") as f:
         for i, (record, pred, ref) in enumerate(zip(records, predictions, references, strict=True)):
             row = {"index": i, "prediction": pred, "reference": ref}
             if "id" in record:
                 row["id"] = record["id"]
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
     scores = {name: {"low": s.low, "mid": s.mid, "high": s.high} for name, s in report.items()}
     # Written whole or not at all, like the predictions: a run killed here leaves no scores
     # that look final.
