@@ -36,9 +36,9 @@ import numpy as np
 from rouge_score import rouge_scorer
 from rouge_score import tokenize as rouge_tokenize
 
-from pegasus_gsg.gsg import STRATEGIES, example_rng, num_gap_sentences, select_sentences
-from pegasus_gsg.scoring import STOPWORDS
-from pegasus_gsg.sentences import split_sentences
+from pegasus_gsg.core.gsg import STRATEGIES, example_rng, num_gap_sentences, select_sentences
+from pegasus_gsg.core.scoring import STOPWORDS
+from pegasus_gsg.core.sentences import split_sentences
 
 REPO = Path(__file__).resolve().parents[1]
 # (label, corpus directory, text field, minimum sentences per document)

@@ -57,16 +57,16 @@ import pyarrow as pa
 import torch
 import torch.utils.data
 
-from pegasus_gsg.data import (
+from pegasus_gsg.data.datasets import (
     ExampleOptions,
     FinetuneDataset,
     PretrainingDataset,
     Seq2SeqCollator,
     TokenBudgetBatchSampler,
 )
-from pegasus_gsg.prepare import PrepareConfig, prepare
-from pegasus_gsg.store import TokenStore
-from pegasus_gsg.tokenizer import load_tokenizer, train_tokenizer
+from pegasus_gsg.data.preparation import PrepareConfig, prepare
+from pegasus_gsg.data.store import TokenStore
+from pegasus_gsg.data.tokenization import load_tokenizer, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024

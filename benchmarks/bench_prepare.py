@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_prepare.py                 # all of reuters21578_en
     .venv/bin/python benchmarks/bench_prepare.py --repeats 1 --max-docs 3000 --plain-docs 200
 
-Ours: `pegasus_gsg.prepare` end to end (read + hash the input, split, Ind-Orig ranking, one
+Ours: `pegasus_gsg.data.preparation` end to end (read + hash the input, split, Ind-Orig ranking, one
 tokenizer pass per document, chunk files, assembly, checksums) with 1 and 2 processes.
 
 Plain way (the baseline of issue 3): a `datasets.Dataset.map` that ranks each document's
@@ -55,7 +55,7 @@ def cpu_seconds() -> float:
 
 
 def run_ours(source: Path, tokenizer: Path, out: Path, num_proc: int, max_docs: int | None):
-    from pegasus_gsg.prepare import PrepareConfig, prepare
+    from pegasus_gsg.data.preparation import PrepareConfig, prepare
 
     if out.exists():
         shutil.rmtree(out)
@@ -70,7 +70,7 @@ def run_plain(docs: list[str], tokenizer_dir: Path, out: Path) -> tuple[float, i
     from rouge_score import rouge_scorer
     from transformers import AutoTokenizer
 
-    from pegasus_gsg.sentences import split_sentences
+    from pegasus_gsg.core.sentences import split_sentences
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     scorer = rouge_scorer.RougeScorer(["rouge1"])
@@ -118,7 +118,7 @@ def main() -> int:
     try:
         tokenizer = args.tokenizer
         if tokenizer is None:
-            from pegasus_gsg.tokenizer import train_tokenizer
+            from pegasus_gsg.data.tokenization import train_tokenizer
 
             tokenizer = work / "tokenizer"
             train_tokenizer(docs[:5000], 16_000, tokenizer)

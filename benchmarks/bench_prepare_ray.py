@@ -54,7 +54,7 @@ def cpu_seconds() -> float:
 
 def run(engine: str, source: Path, tokenizer: Path, out: Path, args: argparse.Namespace):
     """(wall s, CPU s of the processes doing the work, manifest) of one prepare."""
-    from pegasus_gsg.prepare import PrepareConfig, prepare
+    from pegasus_gsg.data.preparation import PrepareConfig, prepare
 
     if out.exists():
         shutil.rmtree(out)
@@ -125,7 +125,7 @@ def main() -> int:
     try:
         tokenizer = args.tokenizer
         if tokenizer is None:
-            from pegasus_gsg.tokenizer import train_tokenizer
+            from pegasus_gsg.data.tokenization import train_tokenizer
 
             docs = []
             with source.open(encoding="utf-8") as f:

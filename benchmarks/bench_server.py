@@ -50,7 +50,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pegasus_gsg.protos import pb2, pb2_grpc  # noqa: E402
+from pegasus_gsg.serving.protos import pb2, pb2_grpc  # noqa: E402
 
 # server name -> extra `python -m server` arguments (naive: the in-file baseline server)
 BACKEND_ARGS: dict[str, list[str]] = {
@@ -117,7 +117,7 @@ def read_field(path: Path, field: str, limit: int) -> list[str]:
 
 
 def build_model(args: argparse.Namespace) -> Path:
-    from pegasus_gsg.tokenizer import train_tokenizer
+    from pegasus_gsg.data.tokenization import train_tokenizer
     from tests._model_fixtures import build_model_dir
 
     name = f"pegasus-d{args.d_model}-l{args.layers}-v{args.vocab_size}"
@@ -235,7 +235,13 @@ def start_servers(args: argparse.Namespace, model_dir: Path, names: list[str]) -
         if name == "naive":
             argv = [str(Path(__file__).resolve()), "--naive-server", *common]
         else:
-            argv = ["-m", "server", *common, "--max-batch-size", str(args.max_batch_size)]
+            argv = [
+                "-m",
+                "pegasus_gsg.server",
+                *common,
+                "--max-batch-size",
+                str(args.max_batch_size),
+            ]
             argv += ["--max-wait-ms", str(args.max_wait_ms), "--max-num-beams", "4"]
             argv += ["--max-new-tokens-limit", str(max(64, args.max_new_tokens))]
             argv += [*BACKEND_ARGS[name], "--ct2-cache-dir", str(args.work_dir / "ct2")]

@@ -6,7 +6,8 @@
 All of reuters21578_en is prepared (one store, `prepare pretrain`) with
 
 - 96k: a 96,103-id PEGASUS-layout tokenizer (google/pegasus-large's size), trained with
-  `pegasus_gsg.tokenizer.train_tokenizer` on every text field of every corpus in ../shared/data
+  `pegasus_gsg.data.tokenization.train_tokenizer` on every text field of every corpus in
+  ../shared/data
   (`--train96 DIR`; ~137k texts, 56M characters), stored with the split17 codec (low 16 bits
   per token, positions of the ids with bit 16 set apart; store.py) and, as today's store, with
   uint32 ids;
@@ -61,8 +62,8 @@ def corpus_texts(data: Path) -> list[str]:
 
 
 def build(source: Path, tokenizer: Path, out: Path, plain: bool = False) -> dict:
-    from pegasus_gsg import prepare as prepare_module
-    from pegasus_gsg.prepare import PrepareConfig, prepare
+    from pegasus_gsg.data import preparation as prepare_module
+    from pegasus_gsg.data.preparation import PrepareConfig, prepare
 
     if out.exists():
         shutil.rmtree(out)
@@ -86,8 +87,8 @@ def sizes(out: Path, manifest: dict) -> dict[str, float]:
 
 
 def loader_rate(stores: dict, samples: int, repeats: int) -> dict[str, dict[str, float]]:
-    from pegasus_gsg.data import ExampleOptions, PretrainingDataset
-    from pegasus_gsg.store import TokenStore
+    from pegasus_gsg.data.datasets import ExampleOptions, PretrainingDataset
+    from pegasus_gsg.data.store import TokenStore
 
     opened = {name: TokenStore.open(path) for name, path in stores.items()}
     datasets = {
@@ -132,7 +133,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from pegasus_gsg.tokenizer import load_tokenizer, train_tokenizer
+    from pegasus_gsg.data.tokenization import load_tokenizer, train_tokenizer
 
     source = args.data / "reuters21578_en" / "data.jsonl"
     work = Path(tempfile.mkdtemp(prefix="bench_store_bytes_"))
@@ -162,7 +163,7 @@ def main() -> int:
             "16k uint16": build(source, tok16, stores["16k uint16"]),
         }
         results: dict = {name: sizes(stores[name], m) for name, m in manifests.items()}
-        from pegasus_gsg.store import TokenStore
+        from pegasus_gsg.data.store import TokenStore
 
         plain = TokenStore.open(stores["96k uint32 (today)"])
         ids = np.asarray(plain.tokens)

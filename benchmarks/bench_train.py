@@ -43,8 +43,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from _helpers_train import aeslc_pairs, prepare_store, write_jsonl  # noqa: E402
 
-from pegasus_gsg.config import ModelConfig  # noqa: E402
-from pegasus_gsg.model import build_model  # noqa: E402
+from pegasus_gsg.training.config import ModelConfig  # noqa: E402
+from pegasus_gsg.training.model import build_model  # noqa: E402
 
 MODEL = ModelConfig(
     d_model=64,
@@ -154,7 +154,7 @@ def our_epoch(
 
 def matched_budget(lengths: np.ndarray, target_batches: int, seed: int) -> int:
     """The token budget whose bucketed epoch has `target_batches` batches (same step count)."""
-    from pegasus_gsg.sampler import TokenBudgetBatchSampler
+    from pegasus_gsg.data.sampler import TokenBudgetBatchSampler
 
     lo, hi = int(lengths.max()), int(lengths.max()) * 512
     while lo < hi:
@@ -180,9 +180,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    from pegasus_gsg.data import FinetuneDataset
-    from pegasus_gsg.store import TokenStore
-    from pegasus_gsg.tokenizer import load_tokenizer, train_tokenizer
+    from pegasus_gsg.data.datasets import FinetuneDataset
+    from pegasus_gsg.data.store import TokenStore
+    from pegasus_gsg.data.tokenization import load_tokenizer, train_tokenizer
 
     pairs = aeslc_pairs(args.examples)
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -23,9 +23,9 @@ import time
 
 import torch
 
-from pegasus_gsg.config import MODEL_PRESETS, ModelConfig
-from pegasus_gsg.model import Seq2SeqLossModel, build_model
-from pegasus_gsg.vocab import FIRST_PIECE_ID
+from pegasus_gsg.data.vocab import FIRST_PIECE_ID
+from pegasus_gsg.training.config import MODEL_PRESETS, ModelConfig
+from pegasus_gsg.training.model import Seq2SeqLossModel, build_model
 
 
 def step_flops(cfg: ModelConfig, vocab: int, batch: int, src: int, tgt: int) -> float:

@@ -183,7 +183,7 @@ def run(plan: Plan) -> dict[str, Any]:
     (out / "results.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     tables = write_tables(report, out / "tables.md")
     plan.docs.mkdir(parents=True, exist_ok=True)
-    from pegasus_gsg.report import plot_curves, read_metric
+    from pegasus_gsg.evaluation.report import plot_curves, read_metric
 
     plot_curves(
         [read_metric(pre / "metrics.jsonl", "loss", "GSG Ind-Orig, THUCNews")],
@@ -196,7 +196,7 @@ def run(plan: Plan) -> dict[str, Any]:
 
 
 def write_tables(report: dict[str, Any], path: Path) -> str:
-    from pegasus_gsg.report import markdown_table
+    from pegasus_gsg.evaluation.report import markdown_table
 
     rows = report["results"]
     header, body = results_table(rows, ["examples", "init"], {"examples": "train pairs"})

@@ -22,8 +22,8 @@ What it runs (issue 14), every step a command of the project's own tools (see pi
    `length_penalties` on a validation sample (never on test), then test is decoded once.
    The full-data models are also scored on SAMSum's test split (no SAMSum training).
 7. Baselines scored with the same ROUGE code as `pegasus-gsg evaluate`
-   (pegasus_gsg.evaluate.rouge_report) on the same test split: LEAD-k (first k turns), GSG
-   Ind-Orig as an extractive summarizer (the turns pegasus_gsg.gsg selects at gsr), each with
+   (pegasus_gsg.evaluation.rouge.rouge_report) on the same test split: LEAD-k (first k turns), GSG
+   Ind-Orig as an extractive summarizer (the turns pegasus_gsg.core.gsg selects at gsr), each with
    k / gsr chosen on validation; and the gold summary's length-matched first words.
 
 Compute budget (`Plan.budget()`): stages with a wall-clock `--minutes` cap
@@ -351,7 +351,7 @@ def gsg_extracts(documents: Sequence[str], gsrs: Sequence[float]) -> dict[float,
 
     One ranking per document serves every gsr (rankings are prefix-consistent).
     """
-    from pegasus_gsg.gsg import rank_sentences, select_from_ranking
+    from pegasus_gsg.core.gsg import rank_sentences, select_from_ranking
 
     out: dict[float, list[str]] = {g: [] for g in gsrs}
     for doc in documents:
@@ -364,7 +364,7 @@ def gsg_extracts(documents: Sequence[str], gsrs: Sequence[float]) -> dict[float,
 
 def mean_rouge(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Mean of ROUGE-1, -2 and -Lsum F1 (x100): the selection criterion on validation."""
-    from pegasus_gsg.evaluate import rouge_report
+    from pegasus_gsg.evaluation.rouge import rouge_report
 
     report = rouge_report(predictions, references, bootstrap_samples=0)
     return statistics.fmean(s.mid for s in report.values())
@@ -380,7 +380,7 @@ def score_predictions(
     predictions: Sequence[str], references: Sequence[str], seed: int = 0
 ) -> dict[str, dict[str, float]]:
     """{metric: {low, mid, high}} exactly as `pegasus-gsg evaluate` writes it."""
-    from pegasus_gsg.evaluate import rouge_report
+    from pegasus_gsg.evaluation.rouge import rouge_report
 
     report = rouge_report(predictions, references, seed=seed)
     return {k: {"low": s.low, "mid": s.mid, "high": s.high} for k, s in report.items()}
@@ -725,7 +725,7 @@ def _main_rows(report: Mapping[str, Any], split: str) -> list[tuple[str, Mapping
 
 def write_tables(report: Mapping[str, Any], path: Path) -> str:
     """Test and SAMSum tables, the low-resource table, the choices made on validation."""
-    from pegasus_gsg.report import markdown_table
+    from pegasus_gsg.evaluation.report import markdown_table
 
     parts = []
     for split, title in (
@@ -821,7 +821,7 @@ def plot_all(report: Mapping[str, Any], plan: Plan) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pegasus_gsg.report import plot_curves, plot_rouge_bars, read_metric
+    from pegasus_gsg.evaluation.report import plot_curves, plot_rouge_bars, read_metric
 
     out = []
     bars = {

@@ -276,7 +276,7 @@ def run(plan: Plan) -> dict[str, Any]:
 
 def write_tables(report: dict[str, Any], path: Path) -> str:
     """One ROUGE table per dataset plus the stage-time table, as markdown."""
-    from pegasus_gsg.report import markdown_table
+    from pegasus_gsg.evaluation.report import markdown_table
 
     parts = []
     for name in DATASETS:
@@ -348,7 +348,7 @@ def plot_results(results: list[dict[str, Any]], out_png: Path) -> Path:
 
 
 def plot_pretraining(out: Path, out_png: Path) -> Path:
-    from pegasus_gsg.report import plot_curves, read_metric
+    from pegasus_gsg.evaluation.report import plot_curves, read_metric
 
     curves = [
         read_metric(out / "pretrain" / init / "metrics.jsonl", "loss", INITS[init])

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pegasus_gsg.pairs import DedupedPairs
-from pegasus_gsg.pairs import dedup_pairs as _dedup_pairs
+from pegasus_gsg.data.pairs import DedupedPairs
+from pegasus_gsg.data.pairs import dedup_pairs as _dedup_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def rel(path: Path) -> str:
 
 def read_pairs(path: Path) -> list[dict[str, Any]]:
     """All records of a JSON Lines pairs file (`document`, `summary`, `split`)."""
-    from pegasus_gsg.jsonl import read_jsonl
+    from pegasus_gsg.data.jsonl import read_jsonl
 
     return [r for _, r in read_jsonl(path, required=("document", "summary"))]
 

@@ -34,16 +34,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pegasus_gsg.checkpoint import (
+from pegasus_gsg.data.jsonl import read_jsonl
+from pegasus_gsg.data.pairs import dedup_pairs
+from pegasus_gsg.evaluation.report import markdown_table, plot_curves, plot_rouge_bars, read_metric
+from pegasus_gsg.shipped import shipped_config
+from pegasus_gsg.training.checkpoint import (
     atomic_file,
     fresh_staging_dir,
     remove_tree,
     replace_dir,
     write_text_atomic,
 )
-from pegasus_gsg.jsonl import read_jsonl
-from pegasus_gsg.pairs import dedup_pairs
-from pegasus_gsg.report import markdown_table, plot_curves, plot_rouge_bars, read_metric
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def _dedup_pairs(path: Path, opts: DemoOptions, out_dir: Path) -> tuple[Path, Pa
 
 def _lead_words_rouge(predictions: Path) -> dict[str, dict[str, float]]:
     """ROUGE of the first LEAD_WORDS words of each evaluated document against its reference."""
-    from pegasus_gsg.evaluate import rouge_report
+    from pegasus_gsg.evaluation.rouge import rouge_report
 
     held_out = [r for _, r in read_jsonl(predictions.parent / "pairs_test.jsonl")]
     evaluated = [r for _, r in read_jsonl(predictions, required=("index", "reference"))]
@@ -228,8 +229,6 @@ def _lead_words_rouge(predictions: Path) -> dict[str, dict[str, float]]:
     return {k: {"low": v.low, "mid": v.mid, "high": v.high} for k, v in report.items()}
 
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-"""The repository's configs/ (source checkout or editable install, as setup does)."""
 SMOKE_OVERRIDES = (
     "data.max_tokens=2048",
     "schedule.warmup_steps=2",
@@ -240,18 +239,12 @@ SMOKE_OVERRIDES = (
 
 
 def demo_config(name: str) -> Path:
-    """configs/`name`, the hyperparameters of one training stage.
+    """The shipped configs/`name`, the hyperparameters of one training stage.
 
     Raises:
-        FileNotFoundError: the file is missing (an install without the repository's configs/).
+        FileNotFoundError: the file is missing (an incomplete installation).
     """
-    path = CONFIG_DIR / name
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"demo config {path} does not exist; run the demo from a source checkout or an "
-            "editable install (`bash scripts/setup.sh`), which keep configs/ next to the package"
-        )
-    return path
+    return shipped_config(name)
 
 
 def _train_overrides(opts: DemoOptions, minutes: float) -> list[str]:
@@ -282,7 +275,7 @@ class _ServerProcess:
             [
                 sys.executable,
                 "-m",
-                "server",
+                "pegasus_gsg.server",
                 "--model",
                 str(model_dir),
                 "--port",
@@ -365,7 +358,7 @@ def run_demo(opts: DemoOptions) -> DemoResult:
     train_pairs, val_pairs, _, dropped = _dedup_pairs(pairs, opts, out)
 
     def tokenizer() -> str:
-        from pegasus_gsg.tokenizer import train_tokenizer
+        from pegasus_gsg.data.tokenization import train_tokenizer
 
         # The fine-tuning training pairs join the corpus, so that email bodies and subjects
         # are not split into many short pieces (held-out pairs stay unseen).
@@ -380,8 +373,8 @@ def run_demo(opts: DemoOptions) -> DemoResult:
         return f"{len(tok)} ids from {len(texts)} documents + {len(pair_texts)} training pairs"
 
     def prepare() -> str:
-        from pegasus_gsg.prepare import PrepareConfig, prepare
-        from pegasus_gsg.store import TokenStore
+        from pegasus_gsg.data.preparation import PrepareConfig, prepare
+        from pegasus_gsg.data.store import TokenStore
 
         nproc = 1 if opts.smoke else min(2, os.cpu_count() or 1)
         done = prepare(
@@ -489,7 +482,7 @@ def run_demo(opts: DemoOptions) -> DemoResult:
         return f"{figures} (first {LEAD_WORDS} words of the email: rouge1 {lead:.1f})"
 
     def serve() -> str:
-        from pegasus_gsg.client import SummarizerClient
+        from pegasus_gsg.serving.client import SummarizerClient
 
         held_out = [r for _, r in read_jsonl(out / "pairs_test.jsonl")]
         unseen = held_out[opts.eval_pairs : opts.eval_pairs + opts.show_examples] or held_out[:1]

@@ -6,7 +6,7 @@ The data are `finetune` stores (`pegasus-gsg prepare finetune`). The weights com
 `--init-from` (our pretraining output's `model/`, or any local HF PEGASUS directory) or, without
 it, a new model of the configured shape. Validation loss, and with `eval.generate_samples > 0`
 generation + ROUGE, run every `eval.every` steps; the best model is kept in `OUT/best`.
-The loop is pegasus_gsg.train, the same as pretraining.
+The loop is pegasus_gsg.training.loop, the same as pretraining.
 """
 
 from __future__ import annotations
@@ -15,10 +15,16 @@ from collections.abc import Sequence
 
 import torch
 
-from pegasus_gsg.data import FinetuneDataset
-from pegasus_gsg.entry import exit_process, load_run_tokenizer, open_store, parse_run_args, run_cli
-from pegasus_gsg.model import Seq2SeqLossModel, build_model, check_vocab
-from pegasus_gsg.train import TrainResult, train
+from pegasus_gsg.data.datasets import FinetuneDataset
+from pegasus_gsg.training.entry import (
+    exit_process,
+    load_run_tokenizer,
+    open_store,
+    parse_run_args,
+    run_cli,
+)
+from pegasus_gsg.training.loop import TrainResult, train
+from pegasus_gsg.training.model import Seq2SeqLossModel, build_model, check_vocab
 
 
 def main(argv: Sequence[str] | None = None) -> TrainResult:

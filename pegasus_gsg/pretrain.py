@@ -3,7 +3,8 @@
 
 The data is a `pretrain` store (`pegasus-gsg prepare pretrain`); examples are built at batch
 time from the stored rankings (gsr, mask_prob, MLM per data.*). With `data.mlm_prob > 0` the
-model gets the encoder MLM head of GSG.md §4 for training only. The loop is pegasus_gsg.train.
+model gets the encoder MLM head of GSG.md §4 for training only.
+The loop is pegasus_gsg.training.loop.
 """
 
 from __future__ import annotations
@@ -12,10 +13,16 @@ from collections.abc import Sequence
 
 import torch
 
-from pegasus_gsg.data import PretrainingDataset
-from pegasus_gsg.entry import exit_process, load_run_tokenizer, open_store, parse_run_args, run_cli
-from pegasus_gsg.model import Seq2SeqLossModel, build_model, check_vocab
-from pegasus_gsg.train import TrainResult, train
+from pegasus_gsg.data.datasets import PretrainingDataset
+from pegasus_gsg.training.entry import (
+    exit_process,
+    load_run_tokenizer,
+    open_store,
+    parse_run_args,
+    run_cli,
+)
+from pegasus_gsg.training.loop import TrainResult, train
+from pegasus_gsg.training.model import Seq2SeqLossModel, build_model, check_vocab
 
 
 def main(argv: Sequence[str] | None = None) -> TrainResult:

@@ -14,10 +14,10 @@ import sys
 import threading
 from pathlib import Path
 
-from server.app import ListenConfig, SummarizerServer
-from server.config import BACKENDS, ServingConfig
+from .app import ListenConfig, SummarizerServer
+from .settings import BACKENDS, ServingConfig
 
-logger = logging.getLogger("server")
+logger = logging.getLogger("pegasus_gsg.server")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from pegasus_gsg.auth import read_token
+    from pegasus_gsg.serving.auth import read_token
 
     token = os.environ.get("PEGASUS_GSG_AUTH_TOKEN") or None
     if args.auth_token_file is not None:
@@ -126,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         auth_token=token,
         metrics_port=args.metrics_port,
     )
-    from server.model import SummarizerModel
+    from .model import SummarizerModel
 
     if args.backend == "ctranslate2":  # refuse a bad compute type before binding the port
-        from pegasus_gsg import ct2
+        from pegasus_gsg.evaluation import ct2
 
         ct2.resolve_compute_type(args.compute_type, args.device or ct2.default_device())
     threads = set_torch_threads(args.torch_threads)

@@ -25,13 +25,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from pegasus_gsg.protos import SERVICE_NAME, pb2_grpc
-from server.auth import BearerTokenInterceptor
-from server.metrics import ServerMetrics
-from server.service import SummarizerService
+from pegasus_gsg.serving.protos import SERVICE_NAME, pb2_grpc
+
+from .auth import BearerTokenInterceptor
+from .metrics import ServerMetrics
+from .service import SummarizerService
 
 if TYPE_CHECKING:
-    from server.model import Batcher, SummarizerModel
+    from .model import Batcher, SummarizerModel
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class SummarizerServer:
 
     def load(self) -> None:
         """Load the model, start the batching worker and report SERVING."""
-        from server.model import Batcher  # torch is imported here, after the port is bound
+        from .model import Batcher  # torch is imported here, after the port is bound
 
         model = self._model_factory()
         batcher = Batcher(model, on_batch=self.metrics.on_batch if self.metrics else None)

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from pegasus_gsg.auth import AUTH_METADATA_KEY, bearer
+from pegasus_gsg.serving.auth import AUTH_METADATA_KEY, bearer
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 

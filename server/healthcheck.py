@@ -1,4 +1,4 @@
-"""`python -m server.healthcheck [--target 127.0.0.1:50051]`: exit 0 iff the server is SERVING.
+"""`python -m pegasus_gsg.server.healthcheck [--target 127.0.0.1:50051]`: exit 0 iff SERVING.
 
 Uses the standard gRPC health service (what Docker HEALTHCHECK and Kubernetes gRPC probes
 call), so it needs no auth token.
@@ -31,7 +31,9 @@ def check(target: str, service: str = "", timeout: float = 3.0, tls_ca: Path | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m server.healthcheck", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m pegasus_gsg.server.healthcheck", description=__doc__
+    )
     p.add_argument("--target", default="127.0.0.1:50051")
     p.add_argument("--service", default="", help="service name ('' = the whole server)")
     p.add_argument("--timeout", type=float, default=3.0)

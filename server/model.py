@@ -46,9 +46,10 @@ from transformers import (
     TextIteratorStreamer,
 )
 
-from pegasus_gsg.generation import GenerationOptions
-from pegasus_gsg.padding import right_pad
-from server.config import ServingConfig
+from pegasus_gsg.data.padding import right_pad
+from pegasus_gsg.evaluation.generation import GenerationOptions
+
+from .settings import ServingConfig
 
 __all__ = ["GenerationOptions", "ServingConfig"]  # re-exported: their home moved
 
@@ -187,7 +188,7 @@ class Ct2Backend:
     name = "ctranslate2"
 
     def __init__(self, model_dir: Path, device: str, config: ServingConfig) -> None:
-        from pegasus_gsg import ct2
+        from pegasus_gsg.evaluation import ct2
 
         compute_type = ct2.resolve_compute_type(config.compute_type, device)
         if ct2.is_ct2_dir(model_dir):

@@ -24,8 +24,9 @@ from typing import Any
 
 import grpc
 
-from pegasus_gsg.protos import pb2, pb2_grpc
-from server.model import (
+from pegasus_gsg.serving.protos import pb2, pb2_grpc
+
+from .model import (
     Batcher,
     DroppedError,
     GenerationOptions,

@@ -88,8 +88,8 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 
 
 def prepare_store(kind: str, input_file: Path, tokenizer_dir: Path, out: Path) -> Path:
-    """A real store, written by pegasus_gsg.prepare (what `pegasus-gsg prepare KIND` runs)."""
-    from pegasus_gsg.prepare import PrepareConfig, prepare
+    """A real store, written by pegasus_gsg.data.preparation (`pegasus-gsg prepare KIND`)."""
+    from pegasus_gsg.data.preparation import PrepareConfig, prepare
 
     prepare([str(input_file)], tokenizer_dir, out, PrepareConfig(kind=kind))
     return out
@@ -154,8 +154,8 @@ def _arm(spec: str, rank: int) -> None:
     """Patch the library so that the fault `spec` (`KIND:N[:RANK]`) happens on `rank`."""
     import torch
 
-    from pegasus_gsg import checkpoint as ckpt
-    from pegasus_gsg import train
+    from pegasus_gsg.training import checkpoint as ckpt
+    from pegasus_gsg.training import loop as train
 
     kind, step_text, *rest = spec.split(":")
     step, fault_rank = int(step_text), int(rest[0]) if rest else 0
@@ -223,8 +223,8 @@ def _arm(spec: str, rank: int) -> None:
 def _launch(audit_dir: Path, entry: str, argv: list[str]) -> int:
     import importlib
 
-    from pegasus_gsg import data
-    from pegasus_gsg.entry import run_cli
+    from pegasus_gsg.data import datasets as data
+    from pegasus_gsg.training.entry import run_cli
 
     rank = int(os.environ.get("RANK", "0"))
     if os.environ.get(FAULT_ENV):
@@ -263,6 +263,6 @@ def _launch(audit_dir: Path, entry: str, argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from pegasus_gsg.entry import exit_process
+    from pegasus_gsg.training.entry import exit_process
 
     exit_process(_launch(Path(sys.argv[1]), sys.argv[2], sys.argv[3:]))

@@ -16,7 +16,7 @@ from transformers import (
     PegasusForConditionalGeneration,
 )
 
-from pegasus_gsg.vocab import EOS_ID, PAD_ID
+from pegasus_gsg.data.vocab import EOS_ID, PAD_ID
 
 
 def build_model_dir(

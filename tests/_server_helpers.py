@@ -9,9 +9,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from pegasus_gsg.server.app import ListenConfig, SummarizerServer
+from pegasus_gsg.server.model import Job, ServingConfig, SummarizerModel
 
-from server.app import ListenConfig, SummarizerServer
-from server.model import Job, ServingConfig, SummarizerModel
 from tests.conftest import read_jsonl_slice
 
 MAX_INPUT_TOKENS = 128

@@ -145,9 +145,9 @@ def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (`synthetic_texts`; no data directory needed; ~2 s).
 
     Load it with `AutoTokenizer.from_pretrained(dir)` or
-    `pegasus_gsg.tokenizer.load_tokenizer(dir)`.
+    `pegasus_gsg.data.tokenization.load_tokenizer(dir)`.
     """
-    from pegasus_gsg.tokenizer import train_tokenizer
+    from pegasus_gsg.data.tokenization import train_tokenizer
 
     out = tmp_path_factory.mktemp("tiny_tokenizer")
     train_tokenizer(synthetic_texts(600), vocab_size=1000, out_dir=out)
@@ -160,7 +160,7 @@ def real_text_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     texts, 100 lcsts_clge documents, 100 thucnews_zh_1k texts), for tests that check how real
     documents are cut into tokens (with made-up text, most Chinese characters of real documents
     would be byte pieces)."""
-    from pegasus_gsg.tokenizer import train_tokenizer
+    from pegasus_gsg.data.tokenization import train_tokenizer
 
     texts = (
         read_jsonl_slice("reuters21578_en", 300, "text")

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from pegasus_gsg import cli
-from pegasus_gsg import prepare as prepare_module
+from pegasus_gsg.data import preparation as prepare_module
 
 
 def main() -> int:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from pegasus_gsg.cli import main
-from pegasus_gsg.gsg import rank_sentences, select_from_ranking
-from pegasus_gsg.jsonl import read_jsonl
-from pegasus_gsg.sentences import split_sentences
+from pegasus_gsg.core.gsg import rank_sentences, select_from_ranking
+from pegasus_gsg.core.sentences import split_sentences
+from pegasus_gsg.data.jsonl import read_jsonl
 from tests.conftest import SHARED_DATA, read_jsonl_slice
 
 DOCS = [

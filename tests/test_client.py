@@ -15,8 +15,8 @@ import grpc
 import pytest
 
 from pegasus_gsg import cli
-from pegasus_gsg.client import SummarizerClient, retry_service_config
-from pegasus_gsg.protos import pb2, pb2_grpc
+from pegasus_gsg.serving.client import SummarizerClient, retry_service_config
+from pegasus_gsg.serving.protos import pb2, pb2_grpc
 from tests._server_helpers import rpc_error
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pegasus_gsg.collate import Seq2SeqCollator
+from pegasus_gsg.data.collate import Seq2SeqCollator
 
 
 def test_pads_to_batch_max_with_mask_and_ignore_index():

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pegasus_gsg.config import (
+from pegasus_gsg.data.masking import ExampleOptions
+from pegasus_gsg.training.config import (
     MODEL_PRESETS,
     CheckpointConfig,
     ModelConfig,
@@ -19,7 +20,6 @@ from pegasus_gsg.config import (
     load_config,
     parse_overrides,
 )
-from pegasus_gsg.masking import ExampleOptions
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -43,7 +43,7 @@ def test_shipped_configs_load_and_paper_shapes_match_gsg_md():
 
 
 def test_large_preset_has_the_papers_568m_parameters():
-    from pegasus_gsg.model import build_model
+    from pegasus_gsg.training.model import build_model
 
     cfg = load_config(CONFIGS / "large.yaml")
     with torch.device("meta"):  # shapes only, no memory

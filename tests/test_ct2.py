@@ -2,9 +2,10 @@
 
 The model is a random-weight 2+2-layer PEGASUS whose `</s>` logit is raised so that summaries
 end at varied lengths (a model that never stops would hide every length-rule difference), with
-`forced_eos_token_id`, 4 beams and `early_stopping` set as `pegasus_gsg.model.export` sets them
-for a beam-search model (CTranslate2 ends a beam search once num_beams hypotheses finished,
-which is transformers' early_stopping=True; with early_stopping=False transformers searches on).
+`forced_eos_token_id`, 4 beams and `early_stopping` set as `pegasus_gsg.training.model.export`
+sets them for a beam-search model (CTranslate2 ends a beam search once num_beams hypotheses
+finished, which is transformers' early_stopping=True; with early_stopping=False transformers
+searches on).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
 
-from pegasus_gsg import ct2
-from pegasus_gsg.evaluate import generate as hf_generate
-from pegasus_gsg.generation import GenerationOptions
+from pegasus_gsg.evaluation import ct2
+from pegasus_gsg.evaluation.generation import GenerationOptions
+from pegasus_gsg.evaluation.rouge import generate as hf_generate
 from tests._model_fixtures import build_model_dir
 from tests.conftest import read_jsonl_slice
 

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch.utils.data
 
-from pegasus_gsg.data import (
+from pegasus_gsg.data.datasets import (
     ExampleOptions,
     FinetuneDataset,
     PretrainingDataset,
     Seq2SeqCollator,
     TokenBudgetBatchSampler,
 )
-from pegasus_gsg.prepare import PrepareConfig, prepare
-from pegasus_gsg.store import TokenStore
-from pegasus_gsg.tokenizer import load_tokenizer
-from pegasus_gsg.vocab import EOS_ID, MASK1_ID, MASK2_ID
+from pegasus_gsg.data.preparation import PrepareConfig, prepare
+from pegasus_gsg.data.store import TokenStore
+from pegasus_gsg.data.tokenization import load_tokenizer
+from pegasus_gsg.data.vocab import EOS_ID, MASK1_ID, MASK2_ID
 from tests.conftest import read_jsonl_slice
 
 # Hand-checked Ind-Orig ranking (stopwords removed, overlap with the rest of the document):

@@ -11,8 +11,8 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from pegasus_gsg import demo
 from pegasus_gsg.cli import main
-from pegasus_gsg.config import load_config
 from pegasus_gsg.demo import DemoOptions, run_demo
+from pegasus_gsg.training.config import load_config
 
 
 @pytest.mark.slow
@@ -120,6 +120,5 @@ def test_demo_hyperparameters_come_from_configs_and_the_options_override_them(
     )
     assert (smoke.schedule.max_steps, smoke.data.max_tokens) == (8, 2048)
 
-    monkeypatch.setattr(demo, "CONFIG_DIR", tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"demo_pretrain\.yaml does not exist"):
-        demo.demo_config("demo_pretrain.yaml")
+    with pytest.raises(FileNotFoundError, match=r"no shipped config demo_nope\.yaml in .*configs"):
+        demo.demo_config("demo_nope.yaml")

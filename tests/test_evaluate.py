@@ -11,7 +11,7 @@ import pytest
 import torch
 from rouge_score import rouge_scorer
 
-from pegasus_gsg.evaluate import ROUGE_TYPES, generate, rouge_report, rouge_scores
+from pegasus_gsg.evaluation.rouge import ROUGE_TYPES, generate, rouge_report, rouge_scores
 
 PREDICTIONS = [
     "The cats were running across the gardens.\nThey stopped at the gate.",
@@ -88,9 +88,9 @@ def test_mismatched_lengths_are_refused():
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tiny_tokenizer_dir, tmp_path_factory):
-    from pegasus_gsg.config import EvalConfig, ModelConfig
-    from pegasus_gsg.model import build_model, export, generation_config
-    from pegasus_gsg.tokenizer import load_tokenizer
+    from pegasus_gsg.data.tokenization import load_tokenizer
+    from pegasus_gsg.training.config import EvalConfig, ModelConfig
+    from pegasus_gsg.training.model import build_model, export, generation_config
 
     tokenizer = load_tokenizer(tiny_tokenizer_dir)
     torch.manual_seed(0)
@@ -218,7 +218,7 @@ def test_evaluate_command_names_a_missing_field(tiny_model_dir, tmp_path, capsys
 
 
 def test_rouge_lsum_scores_sentences_not_one_long_line() -> None:
-    from pegasus_gsg.evaluate import sentence_lines
+    from pegasus_gsg.evaluation.rouge import sentence_lines
 
     assert sentence_lines("The cat sat. The dog ran!\nA third line") == (
         "The cat sat.\nThe dog ran!\nA third line"
@@ -240,8 +240,8 @@ def test_evaluate_on_ctranslate2_equals_transformers_and_export_ct2_loads(
     ctranslate2 = pytest.importorskip("ctranslate2")
     import shutil
 
-    from pegasus_gsg import ct2
     from pegasus_gsg.cli import main
+    from pegasus_gsg.evaluation import ct2
 
     model_dir = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
     common = ["evaluate", "--model", str(model_dir), "--input",

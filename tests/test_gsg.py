@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from rouge_score import rouge_scorer
 from rouge_score import tokenize as rouge_tokenize
 
-from pegasus_gsg import gsg
-from pegasus_gsg.gsg import (
+from pegasus_gsg.core import gsg
+from pegasus_gsg.core.gsg import (
     STRATEGIES,
     Ranking,
     example_rng,
@@ -28,8 +28,8 @@ from pegasus_gsg.gsg import (
     select_sentences,
     stochastic_select,
 )
-from pegasus_gsg.scoring import STOPWORDS, tokenize
-from pegasus_gsg.sentences import split_sentences
+from pegasus_gsg.core.scoring import STOPWORDS, tokenize
+from pegasus_gsg.core.sentences import split_sentences
 from tests.conftest import read_jsonl_slice
 
 # --- the slow reference: re-score the whole rest of the document for every candidate -------

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pegasus_gsg.masking import build_pretraining_example
-from pegasus_gsg.vocab import EOS_ID, FIRST_PIECE_ID, IGNORE_INDEX, MASK1_ID, MASK2_ID, UNK_ID
+from pegasus_gsg.data.masking import build_pretraining_example
+from pegasus_gsg.data.vocab import EOS_ID, FIRST_PIECE_ID, IGNORE_INDEX, MASK1_ID, MASK2_ID, UNK_ID
 
 VOCAB = 1000
 S0, S1, S2, S3 = [200, 201, 202], [300, 301], [400, 401, 402, 403], [500]

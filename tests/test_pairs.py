@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pegasus_gsg.pairs import dedup_pairs
+from pegasus_gsg.data.pairs import dedup_pairs
 
 
 def _pair(doc: str, split: str | None, summary: str = "s") -> dict:

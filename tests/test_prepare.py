@@ -12,10 +12,10 @@ from pathlib import Path
 import datasets
 import pytest
 
-from pegasus_gsg import prepare as prepare_module
 from pegasus_gsg.cli import main
-from pegasus_gsg.prepare import PrepareConfig, prepare
-from pegasus_gsg.store import MANIFEST, TokenStore
+from pegasus_gsg.data import preparation as prepare_module
+from pegasus_gsg.data.preparation import PrepareConfig, prepare
+from pegasus_gsg.data.store import MANIFEST, TokenStore
 from tests.conftest import REPO_ROOT, read_jsonl_slice
 
 
@@ -269,7 +269,7 @@ def test_text_files_hold_documents_separated_by_blank_lines(tmp_path, tiny_token
     pretrain([tmp_path / "docs.txt"], tiny_tokenizer_dir, out)
     store = TokenStore.open(out)
     assert len(store) == 3
-    from pegasus_gsg.tokenizer import load_tokenizer, normalize_text
+    from pegasus_gsg.data.tokenization import load_tokenizer, normalize_text
 
     tok = load_tokenizer(tiny_tokenizer_dir)
     for i in range(3):
@@ -289,7 +289,7 @@ def test_csv_empty_cells_are_counted_as_empty(tmp_path, tiny_tokenizer_dir):
 
 
 def test_chunks_span_files_and_skip_unwanted_rows(tmp_path) -> None:
-    from pegasus_gsg.sources import iter_chunks, open_sources
+    from pegasus_gsg.data.sources import iter_chunks, open_sources
 
     a = write_jsonl(tmp_path / "a.jsonl", [{"text": f"a{i}"} for i in range(10)])
     (tmp_path / "b.jsonl").write_text(

@@ -17,8 +17,8 @@ import pytest
 pytest.importorskip("ray")
 
 from pegasus_gsg.cli import main
-from pegasus_gsg.data import ExampleOptions, PretrainingDataset
-from pegasus_gsg.store import SET_MANIFEST, TokenStore
+from pegasus_gsg.data.datasets import ExampleOptions, PretrainingDataset
+from pegasus_gsg.data.store import SET_MANIFEST, TokenStore
 from tests._ray_cluster import ENV, free_port, ray_cluster
 from tests.conftest import REPO_ROOT, read_jsonl_slice
 

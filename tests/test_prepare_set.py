@@ -18,10 +18,10 @@ import psutil
 import pytest
 
 from pegasus_gsg.cli import main
-from pegasus_gsg.data import ExampleOptions, PretrainingDataset
-from pegasus_gsg.prepare import PrepareConfig, prepare
-from pegasus_gsg.store import SET_MANIFEST, StoreSet, TokenStore, verify_store
-from pegasus_gsg.tokenizer import train_tokenizer
+from pegasus_gsg.data.datasets import ExampleOptions, PretrainingDataset
+from pegasus_gsg.data.preparation import PrepareConfig, prepare
+from pegasus_gsg.data.store import SET_MANIFEST, StoreSet, TokenStore, verify_store
+from pegasus_gsg.data.tokenization import train_tokenizer
 from tests.conftest import REPO_ROOT, read_jsonl_slice
 
 
@@ -252,8 +252,8 @@ def test_a_missing_shard_or_a_shard_of_another_tokenizer_is_refused(
 
 
 def test_training_entry_points_open_a_store_set(tmp_path, tiny_tokenizer_dir, reuters) -> None:
-    from pegasus_gsg.entry import open_store
-    from pegasus_gsg.tokenizer import load_tokenizer
+    from pegasus_gsg.data.tokenization import load_tokenizer
+    from pegasus_gsg.training.entry import open_store
 
     pretrain([reuters], tiny_tokenizer_dir, tmp_path / "set", rows_per_shard=60)
     tok = load_tokenizer(tiny_tokenizer_dir)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pegasus_gsg.sampler import TokenBudgetBatchSampler
+from pegasus_gsg.data.sampler import TokenBudgetBatchSampler
 from tests.conftest import read_jsonl_slice
 
 

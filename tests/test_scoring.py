@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from rouge_score import rouge_scorer
 from rouge_score import tokenize as rouge_tokenize
 
-from pegasus_gsg.scoring import (
+from pegasus_gsg.core.scoring import (
     STOPWORDS,
     document_ids,
     encode_sentence_tokens,

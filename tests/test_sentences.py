@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pegasus_gsg.sentences import split_sentences
+from pegasus_gsg.core.sentences import split_sentences
 from tests.conftest import read_jsonl_slice
 
 

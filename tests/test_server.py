@@ -18,12 +18,12 @@ import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from pegasus_gsg.server.app import ListenConfig, SummarizerServer
+from pegasus_gsg.server.model import Job, ServingConfig, SummarizerModel
 
 from pegasus_gsg import cli
-from pegasus_gsg.client import SummarizerClient
-from pegasus_gsg.protos import SERVICE_NAME, pb2, pb2_grpc
-from server.app import ListenConfig, SummarizerServer
-from server.model import Job, ServingConfig, SummarizerModel
+from pegasus_gsg.serving.client import SummarizerClient
+from pegasus_gsg.serving.protos import SERVICE_NAME, pb2, pb2_grpc
 from tests._server_helpers import (
     LIMITS,
     MAX_INPUT_TOKENS,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from pegasus_gsg.server.app import SummarizerServer
 
-from pegasus_gsg.client import SummarizerClient
-from pegasus_gsg.protos import pb2
-from server.app import SummarizerServer
+from pegasus_gsg.serving.client import SummarizerClient
+from pegasus_gsg.serving.protos import pb2
 from tests._server_helpers import fitting_docs, rpc_error, running_server
 
 pytest.importorskip("ctranslate2")
@@ -68,7 +68,7 @@ def test_summaries_equal_the_transformers_server(client, docs, hf_answers):
 
 def test_stream_concatenates_to_the_unary_summary(ct2_server, docs, hf_answers):
     with grpc.insecure_channel(ct2_server.address) as channel:
-        from pegasus_gsg.protos import pb2_grpc
+        from pegasus_gsg.serving.protos import pb2_grpc
 
         call = pb2_grpc.SummarizerStub(channel).SummarizeStream
         for doc, expected in zip(docs[:4], hf_answers["greedy"], strict=False):
@@ -87,7 +87,7 @@ def test_seeded_sampling_repeats_and_min_length_holds(client, docs):
 
 def test_deadline_and_overlong_policy(ct2_server, client, docs):
     with grpc.insecure_channel(ct2_server.address) as channel:
-        from pegasus_gsg.protos import pb2_grpc
+        from pegasus_gsg.serving.protos import pb2_grpc
 
         stub = pb2_grpc.SummarizerStub(channel)
         err = rpc_error(stub.Summarize, pb2.SummarizeRequest(text=docs[0]), timeout=0.001)
@@ -107,7 +107,7 @@ def test_deadline_and_overlong_policy(ct2_server, client, docs):
 
 def run_server(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "server", "--port", "0", *args],
+        [sys.executable, "-m", "pegasus_gsg.server", "--port", "0", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

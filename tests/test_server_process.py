@@ -11,9 +11,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from pegasus_gsg.server import healthcheck
 
-from pegasus_gsg.client import SummarizerClient
-from server import healthcheck
+from pegasus_gsg.serving.client import SummarizerClient
 from tests._server_helpers import fitting_docs, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ class ServerProcess:
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", *args],
+            [sys.executable, "-m", "pegasus_gsg.server", *args],
             cwd=REPO,
             stderr=subprocess.PIPE,
             text=True,
@@ -95,7 +95,15 @@ def test_healthcheck_fails_when_nothing_listens(capsys):
 @pytest.mark.slow
 def test_missing_model_dir_fails_with_a_clear_message(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "server", "--model", str(tmp_path / "nope"), "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "pegasus_gsg.server",
+            "--model",
+            str(tmp_path / "nope"),
+            "--port",
+            "0",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

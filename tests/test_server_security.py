@@ -9,9 +9,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from pegasus_gsg.server.app import SummarizerServer
 
-from pegasus_gsg.client import SummarizerClient
-from server.app import SummarizerServer
+from pegasus_gsg.serving.client import SummarizerClient
 from tests._server_helpers import fitting_docs, rpc_error, running_server
 
 TOKEN = "s3cret-token"

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from pegasus_gsg.cli import main
-from pegasus_gsg.gsg import num_gap_sentences, rank_sentences
-from pegasus_gsg.prepare import PrepareConfig, prepare
-from pegasus_gsg.sentences import split_sentences
-from pegasus_gsg.store import (
+from pegasus_gsg.core.gsg import num_gap_sentences, rank_sentences
+from pegasus_gsg.core.sentences import split_sentences
+from pegasus_gsg.data.preparation import PrepareConfig, prepare
+from pegasus_gsg.data.store import (
     MANIFEST,
     TokenStore,
     narrowest_uint,
@@ -21,7 +21,7 @@ from pegasus_gsg.store import (
     token_dtype,
     verify_store,
 )
-from pegasus_gsg.tokenizer import (
+from pegasus_gsg.data.tokenization import (
     load_tokenizer,
     normalize_text,
     tokenizer_fingerprint,

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pegasus_gsg.cli import main
-from pegasus_gsg.prepare import PrepareConfig, _assemble
-from pegasus_gsg.store import (
+from pegasus_gsg.data.preparation import PrepareConfig, _assemble
+from pegasus_gsg.data.store import (
     HIGH_BIT,
     TokenStore,
     split17_decode,

@@ -9,8 +9,8 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PegasusTokenizer, PreTrainedTokenizerFast
 
-from pegasus_gsg import vocab
-from pegasus_gsg.tokenizer import (
+from pegasus_gsg.data import vocab
+from pegasus_gsg.data.tokenization import (
     SPECIAL_TOKENS,
     load_tokenizer,
     normalize_text,

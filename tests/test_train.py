@@ -175,7 +175,7 @@ def test_exported_pretrained_model_is_the_plain_class_and_feeds_finetuning(store
 
 
 def test_profile_and_max_samples(stores, tmp_path):
-    from pegasus_gsg import data
+    from pegasus_gsg.data import datasets as data
 
     seen: list[int] = []
     original = data.FinetuneDataset.__getitem__
@@ -200,7 +200,7 @@ def test_profile_and_max_samples(stores, tmp_path):
 
 
 def test_log_line_format(stores, tmp_path, caplog):
-    with caplog.at_level("INFO", logger="pegasus_gsg.train"):
+    with caplog.at_level("INFO", logger="pegasus_gsg.training.loop"):
         finetune(stores, tmp_path / "l", "schedule.max_steps=2", "checkpoint.log_every=2")
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert len(lines) == 1
@@ -214,7 +214,7 @@ def test_log_line_format(stores, tmp_path, caplog):
 
 def run_cli_line(monkeypatch, capsys, argv: list[str]) -> str:
     from pegasus_gsg import finetune as entry
-    from pegasus_gsg.entry import run_cli
+    from pegasus_gsg.training.entry import run_cli
 
     monkeypatch.setattr(sys, "argv", ["finetune", *argv])
     capsys.readouterr()  # drop what the test's own setup printed
@@ -249,7 +249,7 @@ def test_fp16_is_refused(stores, tmp_path, monkeypatch, capsys):
 
 
 def test_store_from_another_tokenizer_is_refused(stores, tmp_path, monkeypatch, capsys):
-    from pegasus_gsg.tokenizer import train_tokenizer
+    from pegasus_gsg.data.tokenization import train_tokenizer
 
     other = tmp_path / "other_tokenizer"
     train_tokenizer(read_jsonl_slice("reuters21578_en", 100, "text"), vocab_size=600, out_dir=other)
@@ -261,9 +261,9 @@ def test_store_from_another_tokenizer_is_refused(stores, tmp_path, monkeypatch, 
 
 
 def test_vocab_model_mismatch_is_refused(stores, tmp_path, monkeypatch, capsys):
-    from pegasus_gsg.config import EvalConfig, ModelConfig
-    from pegasus_gsg.model import build_model, export, generation_config
-    from pegasus_gsg.tokenizer import load_tokenizer
+    from pegasus_gsg.data.tokenization import load_tokenizer
+    from pegasus_gsg.training.config import EvalConfig, ModelConfig
+    from pegasus_gsg.training.model import build_model, export, generation_config
 
     tokenizer = load_tokenizer(stores["tokenizer"])
     model = build_model(
@@ -339,12 +339,12 @@ def test_loss_is_normalised_by_the_real_target_tokens_of_the_whole_window(stores
     depends on the gradient's scale, and averaging per micro-batch (or dividing by the wrong
     count) would move the weights elsewhere.
     """
-    from pegasus_gsg.collate import Seq2SeqCollator
-    from pegasus_gsg.config import load_config
-    from pegasus_gsg.data import FinetuneDataset
-    from pegasus_gsg.model import Seq2SeqLossModel, build_model
-    from pegasus_gsg.sampler import TokenBudgetBatchSampler
-    from pegasus_gsg.store import TokenStore
+    from pegasus_gsg.data.collate import Seq2SeqCollator
+    from pegasus_gsg.data.datasets import FinetuneDataset
+    from pegasus_gsg.data.sampler import TokenBudgetBatchSampler
+    from pegasus_gsg.data.store import TokenStore
+    from pegasus_gsg.training.config import load_config
+    from pegasus_gsg.training.model import Seq2SeqLossModel, build_model
 
     extra = (
         "schedule.max_steps=1",
@@ -388,8 +388,8 @@ def test_loss_is_normalised_by_the_real_target_tokens_of_the_whole_window(stores
 @pytest.mark.parametrize("decay", ["linear", "cosine", "inverse_sqrt", "constant"])
 @pytest.mark.parametrize("name", ["adamw", "adafactor"])
 def test_optimizers_and_schedules(name, decay):
-    from pegasus_gsg.config import load_config
-    from pegasus_gsg.train import _lr_scheduler, build_optimizer
+    from pegasus_gsg.training.config import load_config
+    from pegasus_gsg.training.loop import _lr_scheduler, build_optimizer
 
     cfg = load_config(
         None,
@@ -446,7 +446,7 @@ def test_resume_latest_steps_over_a_partial_checkpoint_and_cuts_the_logs(stores,
     )
     with (out / "metrics.jsonl").open("a") as f:
         f.write('{"step": 7, "loss": 1.0}\n{"step": 8, "lo')
-    with caplog.at_level("WARNING", logger="pegasus_gsg.checkpoint"):
+    with caplog.at_level("WARNING", logger="pegasus_gsg.training.checkpoint"):
         result = finetune(stores, out, *common, resume="latest")
     warnings = " ".join(r.getMessage() for r in caplog.records)
     assert "skipping " + str(out / "checkpoints" / "step_00000006") in warnings
@@ -470,7 +470,7 @@ def test_resume_latest_steps_over_a_partial_checkpoint_and_cuts_the_logs(stores,
 
 
 def test_truncate_log_refuses_a_file_it_did_not_write(tmp_path):
-    from pegasus_gsg.checkpoint import truncate_log
+    from pegasus_gsg.training.checkpoint import truncate_log
 
     log = tmp_path / "metrics.jsonl"
     log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3')

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from pegasus_gsg.gsg import STRATEGIES, SelectionOptions, check_gsr
+from pegasus_gsg.core.gsg import STRATEGIES, SelectionOptions, check_gsr
 
 DEFAULT_GSR = SelectionOptions.gsr
 

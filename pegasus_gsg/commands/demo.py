@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from pegasus_gsg.demo import DEFAULT_DATA_DIR, DemoOptions, run_demo
-from pegasus_gsg.report import markdown_table
+from pegasus_gsg.evaluation.report import markdown_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

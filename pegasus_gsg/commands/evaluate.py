@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pegasus_gsg.jsonl import read_jsonl
+from pegasus_gsg.data.jsonl import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +114,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
 
-    from pegasus_gsg.checkpoint import atomic_file, write_text_atomic
-    from pegasus_gsg.evaluate import format_table, generate, rouge_report
+    from pegasus_gsg.evaluation.rouge import format_table, generate, rouge_report
+    from pegasus_gsg.training.checkpoint import atomic_file, write_text_atomic
 
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
@@ -144,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
         "input_ids"
     ]
     if args.backend == "ctranslate2":
-        from pegasus_gsg import ct2
-        from pegasus_gsg.evaluate import generate_ct2
+        from pegasus_gsg.evaluation import ct2
+        from pegasus_gsg.evaluation.rouge import generate_ct2
 
         device = ct2.default_device()
         compute_type = ct2.resolve_compute_type(args.compute_type, device)

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pegasus_gsg import ct2
+    from pegasus_gsg.evaluation import ct2
 
     compute_type = ct2.resolve_compute_type(args.compute_type, args.device)
     out = ct2.convert(args.model, args.out, compute_type)

@@ -20,9 +20,9 @@ import textwrap
 from itertools import islice
 
 from pegasus_gsg.commands._selection import add_selection_arguments, selection_options
-from pegasus_gsg.gsg import SelectionOptions, select_text
-from pegasus_gsg.jsonl import STDIN, display_name, iter_texts
-from pegasus_gsg.vocab import MASK1_TOKEN
+from pegasus_gsg.core.gsg import SelectionOptions, select_text
+from pegasus_gsg.data.jsonl import STDIN, display_name, iter_texts
+from pegasus_gsg.data.vocab import MASK1_TOKEN
 
 _GAP_STYLE = "\x1b[1;30;43m"  # bold, black on yellow
 _DIM = "\x1b[2m"

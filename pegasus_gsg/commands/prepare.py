@@ -26,7 +26,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pegasus_gsg.gsg import STRATEGIES
+    from pegasus_gsg.core.gsg import STRATEGIES
 
     sub = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
     pretrain = sub.add_parser(
@@ -130,7 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pegasus_gsg.prepare import PrepareConfig, parse_shard, prepare
+    from pegasus_gsg.data.preparation import PrepareConfig, parse_shard, prepare
 
     shard_index, num_shards = parse_shard(args.shard)
     config = PrepareConfig(

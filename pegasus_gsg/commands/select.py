@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pegasus_gsg.commands._selection import add_selection_arguments, selection_options
-from pegasus_gsg.gsg import SelectionOptions, select_text
-from pegasus_gsg.jsonl import STDIN, iter_texts
+from pegasus_gsg.core.gsg import SelectionOptions, select_text
+from pegasus_gsg.data.jsonl import STDIN, iter_texts
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import grpc
 
-    from pegasus_gsg.client import SummarizerClient
+    from pegasus_gsg.serving.client import SummarizerClient
 
 _OPTION_ARGS = (
     "max_new_tokens",
@@ -168,7 +168,7 @@ def _write_atomically(path: Path, text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import grpc
 
-    from pegasus_gsg.client import SummarizerClient
+    from pegasus_gsg.serving.client import SummarizerClient
 
     if (args.text is None) == (args.input is None):
         raise ValueError("give either TEXT or --input FILE.jsonl (exactly one)")

@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pegasus_gsg.sources import iter_texts, open_sources
-    from pegasus_gsg.tokenizer import train_tokenizer
+    from pegasus_gsg.data.sources import iter_texts, open_sources
+    from pegasus_gsg.data.tokenization import train_tokenizer
 
     sources = open_sources(args.input, required_columns=args.text_field, split=args.split)
     start = time.perf_counter()

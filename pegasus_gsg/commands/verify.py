@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pegasus_gsg.store import SET_MANIFEST, read_manifest, read_set_manifest, verify_store
+    from pegasus_gsg.data.store import SET_MANIFEST, read_manifest, read_set_manifest, verify_store
 
     problems = verify_store(args.store)
     if problems:

@@ -74,14 +74,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 from transformers.optimization import Adafactor
 
-from pegasus_gsg import checkpoint as ckpt
-from pegasus_gsg.checkpoint import RUN_CONFIG_FILE
-from pegasus_gsg.collate import Seq2SeqCollator
-from pegasus_gsg.config import OptimConfig, TrainConfig, describe_difference
-from pegasus_gsg.evaluate import generate, rouge_report
-from pegasus_gsg.model import Seq2SeqLossModel, export, generation_config
-from pegasus_gsg.sampler import TokenBudgetBatchSampler
-from pegasus_gsg.vocab import IGNORE_INDEX, PAD_ID
+from pegasus_gsg.data.collate import Seq2SeqCollator
+from pegasus_gsg.data.sampler import TokenBudgetBatchSampler
+from pegasus_gsg.data.vocab import IGNORE_INDEX, PAD_ID
+from pegasus_gsg.evaluation.rouge import generate, rouge_report
+from pegasus_gsg.training import checkpoint as ckpt
+from pegasus_gsg.training.checkpoint import RUN_CONFIG_FILE
+from pegasus_gsg.training.config import OptimConfig, TrainConfig, describe_difference
+from pegasus_gsg.training.model import Seq2SeqLossModel, export, generation_config
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pegasus_gsg.config import TrainConfig, load_config
+from pegasus_gsg.training.config import TrainConfig, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def load_run_tokenizer(cfg: TrainConfig) -> Any:
     Raises:
         ValueError: neither is set.
     """
-    from pegasus_gsg.tokenizer import load_tokenizer
+    from pegasus_gsg.data.tokenization import load_tokenizer
 
     path = cfg.data.tokenizer or cfg.model.init_from
     if path is None:
@@ -105,7 +105,7 @@ def open_store(path: str | None, tokenizer: Any, key: str, kind: str) -> Any:
         ValueError: `path` unset, or a store of another kind / tokenizer.
         FileNotFoundError: no store at `path`.
     """
-    from pegasus_gsg.store import TokenStore
+    from pegasus_gsg.data.store import TokenStore
 
     if path is None:
         raise ValueError(
@@ -138,7 +138,7 @@ def run_cli(main: Callable[[Sequence[str] | None], Any], prog: str) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from pegasus_gsg.train import EXIT_STOPPED_BY_SIGNAL, TrainResult
+    from pegasus_gsg.training.loop import EXIT_STOPPED_BY_SIGNAL, TrainResult
 
     try:
         result = main(None)

@@ -34,8 +34,8 @@ from transformers import (
 )
 from transformers.models.pegasus.modeling_pegasus import shift_tokens_right
 
-from pegasus_gsg.config import EvalConfig, ModelConfig
-from pegasus_gsg.vocab import EOS_ID, IGNORE_INDEX, PAD_ID
+from pegasus_gsg.data.vocab import EOS_ID, IGNORE_INDEX, PAD_ID
+from pegasus_gsg.training.config import EvalConfig, ModelConfig
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from pegasus_gsg.gsg import check_gsr, check_gsr_range
-from pegasus_gsg.vocab import EOS_ID, FIRST_PIECE_ID, IGNORE_INDEX, MASK1_ID, MASK2_ID
+from pegasus_gsg.core.gsg import check_gsr, check_gsr_range
+from pegasus_gsg.data.vocab import EOS_ID, FIRST_PIECE_ID, IGNORE_INDEX, MASK1_ID, MASK2_ID
 
 TokenIds = Sequence[int] | np.ndarray
 """The ids of one sentence: a list, or an array read from the store (uint16/uint32)."""

@@ -42,14 +42,14 @@ from typing import cast
 
 import numpy as np
 
-from pegasus_gsg.scoring import (
+from pegasus_gsg.core.scoring import (
     DocumentIds,
     EncodedDocument,
     document_ids,
     encode_pairs,
     ids_from_tokens,
 )
-from pegasus_gsg.sentences import split_sentences
+from pegasus_gsg.core.sentences import split_sentences
 
 STRATEGIES: tuple[str, ...] = ("random", "lead", "ind_orig", "ind_uniq", "seq_orig", "seq_uniq")
 SCORED_STRATEGIES: tuple[str, ...] = ("ind_orig", "ind_uniq", "seq_orig", "seq_uniq")

@@ -22,8 +22,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pegasus_gsg.auth import AUTH_METADATA_KEY, bearer, read_token
-from pegasus_gsg.protos import SERVICE_NAME, pb2, pb2_grpc
+from pegasus_gsg.serving.auth import AUTH_METADATA_KEY, bearer, read_token
+from pegasus_gsg.serving.protos import SERVICE_NAME, pb2, pb2_grpc
 
 MAX_ATTEMPTS_LIMIT = 5
 """gRPC caps retry attempts at 5 (silently); we refuse more instead."""

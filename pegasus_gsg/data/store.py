@@ -69,7 +69,7 @@ from typing import Any
 
 import numpy as np
 
-from pegasus_gsg.gsg import check_gsr, gap_sentence_counts
+from pegasus_gsg.core.gsg import check_gsr, gap_sentence_counts
 
 logger = logging.getLogger(__name__)
 
@@ -389,7 +389,7 @@ class TokenStore:
             if problems:
                 raise ValueError(f"token store {path} is corrupt: " + "; ".join(problems))
         if tokenizer is not None:
-            from pegasus_gsg.tokenizer import tokenizer_fingerprint
+            from pegasus_gsg.data.tokenization import tokenizer_fingerprint
 
             ours = tokenizer_fingerprint(tokenizer)
             theirs = manifest["tokenizer"]["fingerprint"]

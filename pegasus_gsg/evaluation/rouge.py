@@ -8,7 +8,7 @@ summaries survive), and each line is further cut into sentences, one per line, a
 summarization example does with nltk (here with GSG's own splitter, which needs no downloaded
 model; ROUGE-1/2 ignore line breaks, so only Lsum sees this). rouge-score's tokenizer keeps
 only `[a-z0-9]` runs and would score Chinese as empty text; when the references are mostly
-CJK, every CJK character becomes a token of its own instead (pegasus_gsg.scoring.tokenize, no
+CJK, every CJK character becomes a token of its own instead (pegasus_gsg.core.scoring.tokenize, no
 stemming), i.e. character-level ROUGE as used for LCSTS.
 
 Reported numbers are 100 x the mean F-measure over examples, with a percentile bootstrap 95%
@@ -33,15 +33,15 @@ import torch
 from rouge_score import rouge_scorer
 from transformers import GenerationConfig, PreTrainedModel
 
-from pegasus_gsg.generation import GenerationOptions
-from pegasus_gsg.padding import right_pad
-from pegasus_gsg.scoring import CJK_RANGES
-from pegasus_gsg.scoring import tokenize as cjk_aware_tokenize
-from pegasus_gsg.sentences import split_sentences
-from pegasus_gsg.vocab import PAD_ID
+from pegasus_gsg.core.scoring import CJK_RANGES
+from pegasus_gsg.core.scoring import tokenize as cjk_aware_tokenize
+from pegasus_gsg.core.sentences import split_sentences
+from pegasus_gsg.data.padding import right_pad
+from pegasus_gsg.data.vocab import PAD_ID
+from pegasus_gsg.evaluation.generation import GenerationOptions
 
 if TYPE_CHECKING:
-    from pegasus_gsg.ct2 import Ct2Decoder
+    from pegasus_gsg.evaluation.ct2 import Ct2Decoder
 
 logger = logging.getLogger(__name__)
 

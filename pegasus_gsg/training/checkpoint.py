@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pegasus_gsg.store import fsync_dir
+from pegasus_gsg.data.store import fsync_dir
 
 logger = logging.getLogger(__name__)
 

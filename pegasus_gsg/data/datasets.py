@@ -50,18 +50,18 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from pegasus_gsg.collate import Seq2SeqCollator
-from pegasus_gsg.gsg import (
+from pegasus_gsg.core.gsg import (
     Ranking,
     example_rng,
     gap_sentence_counts,
     select_from_ranking,
     stochastic_select,
 )
-from pegasus_gsg.masking import ExampleOptions, build_pretraining_example
-from pegasus_gsg.sampler import TokenBudgetBatchSampler
-from pegasus_gsg.store import TokenStore
-from pegasus_gsg.vocab import EOS_ID
+from pegasus_gsg.data.collate import Seq2SeqCollator
+from pegasus_gsg.data.masking import ExampleOptions, build_pretraining_example
+from pegasus_gsg.data.sampler import TokenBudgetBatchSampler
+from pegasus_gsg.data.store import TokenStore
+from pegasus_gsg.data.vocab import EOS_ID
 
 __all__ = [
     "ExampleOptions",

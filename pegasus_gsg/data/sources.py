@@ -4,7 +4,7 @@ Formats, chosen by file suffix (a trailing .gz/.bz2/.xz is looked through):
 
 - `.jsonl` / `.ndjson`, and `.json` files that do not start with `[`: JSON Lines, read here line
   by line. `datasets`' JSON loader reports a bad line as a pyarrow parse error without file or
-  line and cannot skip it; this reader reports `FILE:LINE: reason` (the pegasus_gsg.jsonl
+  line and cannot skip it; this reader reports `FILE:LINE: reason` (the pegasus_gsg.data.jsonl
   wording) and, for --skip-bad, hands the bad row on as an error so it can be counted.
 - `.json` starting with `[` (an array of objects), `.csv`, `.parquet`: `datasets.load_dataset`.
 - `.txt`: `datasets`' text loader with `sample_by="paragraph"`: documents separated by blank

@@ -5,10 +5,8 @@ time this module is imported, so no generated `_pb2.py` file lives in the reposi
 by hand or to fall out of date. protoc looks for the .proto on sys.path; the proto/ directory is
 put there only for the duration of the import.
 
-The .proto is found, in order, at `$PEGASUS_GSG_PROTO_DIR/summarizer.proto` or at
-`<repo>/proto/summarizer.proto`, next to this package (pegasus_gsg/): the layout of a source
-checkout, of an editable install (`pip install -e .`, what setup and CI do) and of the Docker
-image.
+The .proto is found, in order, at `$PEGASUS_GSG_PROTO_DIR/summarizer.proto` or in the shipped
+`proto/` folder (pegasus_gsg.shipped: inside an installed wheel, or the checkout's `proto/`).
 """
 
 from __future__ import annotations
@@ -20,6 +18,8 @@ from typing import Any
 
 import grpc
 
+from pegasus_gsg.shipped import shipped_dir
+
 PROTO_FILE = "summarizer.proto"
 SERVICE_NAME = "pegasus.summarizer.v1.Summarizer"
 
@@ -29,7 +29,7 @@ def proto_dir() -> Path:
     candidates = []
     if os.environ.get("PEGASUS_GSG_PROTO_DIR"):
         candidates.append(Path(os.environ["PEGASUS_GSG_PROTO_DIR"]))
-    candidates.append(Path(__file__).resolve().parents[1] / "proto")
+    candidates.append(shipped_dir("proto"))
     for candidate in candidates:
         if (candidate / PROTO_FILE).is_file():
             return candidate

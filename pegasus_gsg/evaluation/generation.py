@@ -1,7 +1,7 @@
 """Decoding settings of one summarization request, shared by the server and evaluation.
 
 One value type for both generation engines: `generation_kwargs()` maps it onto transformers'
-`GenerationConfig`; `pegasus_gsg.ct2.Ct2Decoder` maps the same fields onto CTranslate2's
+`GenerationConfig`; `pegasus_gsg.evaluation.ct2.Ct2Decoder` maps the same fields onto CTranslate2's
 `translate_batch` / `generate_tokens` arguments. Frozen and hashable, so the server's batcher can
 group requests whose options are equal into one decoding call.
 """

@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
-from pegasus_gsg.masking import ExampleOptions
+from pegasus_gsg.data.masking import ExampleOptions
 
 ModelPreset = Literal["tiny", "base", "large"]
 """The named model shapes: the keys of MODEL_PRESETS (a test keeps the two equal)."""

@@ -1,9 +1,9 @@
 """Train, load and fingerprint tokenizers in the PEGASUS vocabulary layout (shared/GSG.md §4).
 
-Layout (pegasus_gsg.vocab): `<pad>`=0, `</s>`=1, `<mask_1>`=2, `<mask_2>`=3, `<unk_2>`..`<unk_102>`
-=4..104 (reserved, as in google/pegasus-large), `<unk>`=105, ordinary pieces from 106 on. Any
-tokenizer directory with that layout -- ours or a downloaded `google/pegasus-large` -- is accepted
-by `load_tokenizer`.
+Layout (pegasus_gsg.data.vocab): `<pad>`=0, `</s>`=1, `<mask_1>`=2, `<mask_2>`=3,
+`<unk_2>`..`<unk_102>`=4..104 (reserved, as in google/pegasus-large), `<unk>`=105, ordinary
+pieces from 106 on. Any tokenizer directory with that layout -- ours or a downloaded
+`google/pegasus-large` -- is accepted by `load_tokenizer`.
 
 The trained tokenizer is a SentencePiece-style Unigram model built with `tokenizers`:
 
@@ -37,7 +37,7 @@ from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, 
 from tokenizers.models import Unigram
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from pegasus_gsg.vocab import (
+from pegasus_gsg.data.vocab import (
     EOS_ID,
     EOS_TOKEN,
     FIRST_PIECE_ID,

@@ -38,7 +38,7 @@ from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pegasus_gsg.generation import GenerationOptions
+from pegasus_gsg.evaluation.generation import GenerationOptions
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from pegasus_gsg.padding import pad_rows
-from pegasus_gsg.vocab import IGNORE_INDEX, PAD_ID
+from pegasus_gsg.data.padding import pad_rows
+from pegasus_gsg.data.vocab import IGNORE_INDEX, PAD_ID
 
 
 class Seq2SeqCollator:

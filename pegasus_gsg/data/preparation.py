@@ -73,9 +73,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pegasus_gsg import __version__
-from pegasus_gsg.gsg import STRATEGIES, check_strategy, example_rng, rank_sentences
-from pegasus_gsg.sentences import split_sentences
-from pegasus_gsg.sources import (
+from pegasus_gsg.core.gsg import STRATEGIES, check_strategy, example_rng, rank_sentences
+from pegasus_gsg.core.sentences import split_sentences
+from pegasus_gsg.data.sources import (
     Row,
     Source,
     iter_chunks,
@@ -83,7 +83,7 @@ from pegasus_gsg.sources import (
     open_sources,
     source_manifest,
 )
-from pegasus_gsg.store import (
+from pegasus_gsg.data.store import (
     FORMAT,
     FORMAT_VERSION,
     HIGH_BIT,
@@ -743,7 +743,7 @@ def prepare(
             column, a conflicting existing store or partial directory, no usable record, or
             (engine ray) Ray missing or its cluster unreachable.
     """
-    from pegasus_gsg.tokenizer import load_tokenizer, tokenizer_fingerprint
+    from pegasus_gsg.data.tokenization import load_tokenizer, tokenizer_fingerprint
 
     out = Path(out).absolute()  # so that OUT.partial is a sibling even for "." or "x/"
     tokenizer_dir = Path(tokenizer_dir)
