@@ -3,7 +3,7 @@ plain-way baseline in the same run.
 
 Setup (cached under --work-dir, nothing written into the repo): a tokenizer trained on the first
 --docs Reuters documents, a ``pretrain`` store of those documents and a ``finetune`` store of
-AESLC's train split, both written by prepare.py.
+AESLC's train split, both written by pegasus_gsg.data.preparation.
 
 1. Throughput: samples/s through ``DataLoader(PretrainingDataset(store), batch_sampler=
    TokenBudgetBatchSampler, collate_fn=Seq2SeqCollator)`` with 0 and 2 persistent workers,

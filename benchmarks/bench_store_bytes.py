@@ -62,20 +62,20 @@ def corpus_texts(data: Path) -> list[str]:
 
 
 def build(source: Path, tokenizer: Path, out: Path, plain: bool = False) -> dict:
-    from pegasus_gsg.data import preparation as prepare_module
     from pegasus_gsg.data.preparation import PrepareConfig, prepare
+    from pegasus_gsg.data.preparation import assemble as assemble_module
 
     if out.exists():
         shutil.rmtree(out)
-    codec = prepare_module.token_codec
+    codec = assemble_module.token_codec
     if plain:  # today's store: uint32 ids for a vocabulary over 65,536
-        prepare_module.token_codec = lambda vocab_size: None
+        assemble_module.token_codec = lambda vocab_size: None
     try:
         return prepare(
             [str(source)], tokenizer, out, PrepareConfig("pretrain", num_proc=2)
         ).manifest
     finally:
-        prepare_module.token_codec = codec
+        assemble_module.token_codec = codec
 
 
 def sizes(out: Path, manifest: dict) -> dict[str, float]:

@@ -2,9 +2,9 @@
 
     python tests/stop_after.py K prepare pretrain ...
 
-A unit is a chunk written by a single-store prepare (`prepare._write_chunk`) or a shard finished
-by a store-set driver (`prepare._unit_done`). The test then kill -9s the stopped process: a kill
-at a known instant, without fault-injection code in the library.
+A unit is a chunk written by a single-store prepare (`preparation.workdir.write_chunk`) or a
+shard finished by a store-set driver (`preparation.storesets._unit_done`). The test then kill -9s
+the stopped process: a kill at a known instant, without fault-injection code in the library.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from pegasus_gsg import cli
-from pegasus_gsg.data import preparation as prepare_module
+from pegasus_gsg.data.preparation import storesets, workdir
 
 
 def main() -> int:
@@ -33,8 +33,8 @@ def main() -> int:
 
         return wrapper
 
-    prepare_module._write_chunk = counting(prepare_module._write_chunk)
-    prepare_module._unit_done = counting(prepare_module._unit_done)
+    workdir.write_chunk = counting(workdir.write_chunk)
+    storesets._unit_done = counting(storesets._unit_done)
     return cli.main(sys.argv[2:])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,8 @@ import datasets
 import pytest
 
 from pegasus_gsg.cli import main
-from pegasus_gsg.data import preparation as prepare_module
 from pegasus_gsg.data.preparation import PrepareConfig, prepare
+from pegasus_gsg.data.preparation import assemble as assemble_module
 from pegasus_gsg.data.store import MANIFEST, TokenStore
 from tests.conftest import REPO_ROOT, read_jsonl_slice
 
@@ -167,7 +168,7 @@ def test_a_failure_leaves_no_store_and_the_rerun_resumes(
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(prepare_module, "_fill", crash)
+    monkeypatch.setattr(assemble_module, "_fill", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         pretrain([reuters], tiny_tokenizer_dir, out, chunk_size=40)
     assert not out.exists()
@@ -310,3 +311,50 @@ def test_chunks_span_files_and_skip_unwanted_rows(tmp_path) -> None:
         f"{tmp_path}/b.jsonl:19: not valid"
     )
     assert [k for k, _ in iter_chunks(sources, 7, {0, 1, 2}, limit=8)] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"kind": "summaries"}, "kind must be one of pretrain, finetune, got 'summaries'"),
+        ({"strategy": "best"}, "strategy must be one of random, lead, ind_orig, .*, got 'best'"),
+        ({"seed": -1}, "seed must be >= 0, got -1"),
+        ({"max_records": 0}, r"max_records must be >= 1 \(or None: all\), got 0"),
+        ({"chunk_size": 0}, "chunk_size must be >= 1 row, got 0"),
+        ({"num_proc": 0}, "num_proc must be >= 1, got 0"),
+        ({"num_shards": 0}, "num_shards must be >= 1, got 0"),
+        ({"shard_index": 4, "num_shards": 4}, r"shard_index must be in 0\.\.3 .*, got 4"),
+        ({"engine": "spark"}, "engine must be one of local, ray, got 'spark'"),
+        ({"ray_address": "auto"}, "ray_address .* needs engine 'ray' .*, got engine 'local'"),
+        ({"rows_per_shard": 0}, r"rows_per_shard must be >= 1 \(or None: one store\), got 0"),
+        ({"rows_per_shard": 10, "num_shards": 2}, "num_shards must be 1 for a store set, got 2"),
+    ],
+)
+def test_config_errors_name_the_field_and_the_allowed_values(options, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        PrepareConfig(**{"kind": "pretrain", **options})
+
+
+def test_finetune_fields_must_differ() -> None:
+    with pytest.raises(ValueError, match="summary_field must differ from text_field, both are 'x'"):
+        PrepareConfig("finetune", text_field="x", summary_field="x")
+
+
+def test_a_resumed_shard_clears_temporary_files_of_dead_writers_only(
+    tmp_path, tiny_tokenizer_dir, reuters
+) -> None:
+    out = tmp_path / "store"
+    options = {"max_records": 40, "chunk_size": 10, "shard_index": 0, "num_shards": 2}
+    assert pretrain([reuters], tiny_tokenizer_dir, out, **options).waiting_for == [1]
+    chunks = tmp_path / "store.partial" / "chunks"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    host = socket.gethostname()
+    stale = chunks / f".tmp-{host}-{dead}-0000001.npz"  # a writer killed mid-write
+    live = chunks / f".tmp-{host}-{os.getpid()}-0000003.npz"  # a writer still writing
+    for path in (stale, live):
+        path.write_bytes(b"half a chunk")
+    again = pretrain([reuters], tiny_tokenizer_dir, out, **options)
+    assert (again.chunks_resumed, again.chunks_computed, again.waiting_for) == (2, 0, [1])
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in chunks.glob("0*.npz")) == ["0000000.npz", "0000002.npz"]

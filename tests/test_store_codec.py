@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pegasus_gsg.cli import main
-from pegasus_gsg.data.preparation import PrepareConfig, _assemble
+from pegasus_gsg.data.preparation import PrepareConfig
+from pegasus_gsg.data.preparation.assemble import assemble_store
 from pegasus_gsg.data.store import (
     HIGH_BIT,
     TokenStore,
@@ -82,7 +83,7 @@ def test_a_96k_store_round_trips_with_2_bytes_per_id(tmp_path: Path) -> None:
     }
     chunks = [chunk(records[:150], 0), chunk(records[150:], 150)]
     out = tmp_path / "store"
-    manifest = _assemble(
+    manifest = assemble_store(
         chunks, out, tmp_path / "tmp", base, PrepareConfig("finetune"), np.dtype(np.uint32)
     )
     assert manifest["token_codec"] == "split17" and manifest["dtype"] == "uint32"

@@ -1,7 +1,7 @@
 """Command-line options of gap-sentence selection, shared by `select` and `inspect`.
 
 Only argparse lives here; what the options do is gsg.SelectionOptions / gsg.select_text, and
-reading the documents is jsonl.iter_texts. No command imports another command.
+reading the documents is jsonl.iter_jsonl_texts. No command imports another command.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from itertools import islice
 
 from pegasus_gsg.commands._selection import add_selection_arguments, selection_options
 from pegasus_gsg.core.gsg import SelectionOptions, select_text
-from pegasus_gsg.data.jsonl import STDIN, display_name, iter_texts
+from pegasus_gsg.data.jsonl import STDIN, display_name, iter_jsonl_texts
 from pegasus_gsg.data.vocab import MASK1_TOKEN
 
 _GAP_STYLE = "\x1b[1;30;43m"  # bold, black on yellow
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     name = display_name(args.input)
-    documents = islice(iter_texts(args.input, args.text_field), args.index, None)
+    documents = islice(iter_jsonl_texts(args.input, args.text_field), args.index, None)
     shown = 0
     for index, line_no, text in islice(documents, args.count):
         if shown:

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 from pegasus_gsg.commands._selection import add_selection_arguments, selection_options
 from pegasus_gsg.core.gsg import SelectionOptions, select_text
-from pegasus_gsg.data.jsonl import STDIN, iter_texts
+from pegasus_gsg.data.jsonl import STDIN, iter_jsonl_texts
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def select_document(text: str, index: int, options: SelectionOptions) -> dict[st
 def _write_all(args: argparse.Namespace, options: SelectionOptions, out: TextIO) -> int:
     count = empty = 0
     try:
-        for index, _, text in iter_texts(args.input, args.text_field):
+        for index, _, text in iter_jsonl_texts(args.input, args.text_field):
             record = select_document(text, index, options)
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             count += 1

@@ -98,7 +98,7 @@ def _preview(line: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def iter_texts(source: str | Path, text_field: str) -> Iterator[tuple[int, int, str]]:
+def iter_jsonl_texts(source: str | Path, text_field: str) -> Iterator[tuple[int, int, str]]:
     """(record index, line number, text) of each line of `source` (a path, or "-" for stdin).
 
     Raises:
