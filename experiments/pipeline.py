@@ -1,6 +1,6 @@
 """Restartable experiment stages, deduplicated pair slices and result tables.
 
-Shared by `low_resource.py`, `chinese.py` and `dialogsum.py`. An experiment is a list of stages,
+Shared by `low_resource.py`, `chinese.py` and `dialogsum/`. An experiment is a list of stages,
 each one command line of the project's own tools (`pegasus-gsg tokenizer train`, `pegasus-gsg
 prepare`, `python -m pegasus_gsg.pretrain|finetune`, `pegasus-gsg evaluate`), run in a
 subprocess with its output in `OUT/logs/<stage>.log`. A stage that finished leaves

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments import dialogsum
 from experiments.pipeline import (
+    REPO,
     StageRunner,
     Task,
     dedup_pairs,
@@ -242,8 +243,7 @@ def test_dialogsum_dry_run_end_to_end(tmp_path):
         by_lp = m["length_penalty_validation"]
         assert m["length_penalty"] == dialogsum.choose({float(k): v for k, v in by_lp.items()})
         preds = [
-            r["prediction"]
-            for r in dialogsum.read_jsonl_rows(dialogsum.REPO / m["test"]["predictions"])
+            r["prediction"] for r in dialogsum.read_jsonl_rows(REPO / m["test"]["predictions"])
         ]
         assert len(preds) == len(test_rows)
         assert m["test"]["distinct"] == distinct_rate(preds)
@@ -277,9 +277,7 @@ def test_dialogsum_dry_run_end_to_end(tmp_path):
                                   "checkpoints", n=4)  # fmt: skip
     assert [p["step"] for p in curve["points"]] == [1, 2, 3]
     assert all(p["minutes"] >= 0 for p in curve["points"])
-    final_preds = dialogsum.read_jsonl_rows(
-        dialogsum.REPO / models["full_random"]["test"]["predictions"]
-    )
+    final_preds = dialogsum.read_jsonl_rows(REPO / models["full_random"]["test"]["predictions"])
     step3 = dialogsum.read_jsonl_rows(out / "curve" / "full_random" / "step_00000003.jsonl")
     assert [r["prediction"] for r in step3] == [r["prediction"] for r in final_preds[:4]]
     assert set(curve["baselines_same_dialogues"]) == {"LEAD-1", "first words, gold length"}
@@ -314,3 +312,22 @@ def test_the_committed_plan_fits_the_issue_budget():
     assert budget["wall_minutes_bound"] <= 150
     with pytest.raises(ValueError, match="more than --wall-minutes 150"):
         dialogsum.Plan(pretrain_minutes=140.0).budget()
+
+
+def test_the_command_line_overrides_the_plan_and_refuses_a_bad_one(tmp_path, capsys):
+    """`python -m experiments.dialogsum`: options land in the plan, which is validated again;
+    a plan over budget or an impossible value is one error line and exit 1, before any work."""
+    from experiments.dialogsum.__main__ import main, parse_args
+
+    plan, args = parse_args(["--dry-run", "--seed", "3", "--out", str(tmp_path / "o")])
+    assert (plan.seed, plan.out, plan.vocab_size, args.baselines_only) == (
+        3,
+        tmp_path / "o",
+        dialogsum.Plan.dry_run().vocab_size,
+        False,
+    )
+    assert main(["--dry-run", "--out", str(tmp_path / "o"), "--pretrain-minutes", "500"]) == 1
+    assert "dialogsum: error: the plan needs about" in capsys.readouterr().err
+    assert main(["--dry-run", "--out", str(tmp_path / "o"), "--workers", "0"]) == 1
+    assert "--workers must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "data").exists()  # refused before any data was written
