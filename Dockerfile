@@ -36,15 +36,22 @@ WORKDIR /app
 # would pull a multi-GB CUDA build into a CPU image.
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 
+# What a (non-editable) `pip install .` needs: the metadata, the library, the server (installed
+# as pegasus_gsg.server), and the proto and configs shipped inside the package.
 COPY pyproject.toml README.md ./
 COPY pegasus_gsg ./pegasus_gsg
 COPY server ./server
 COPY proto ./proto
-# Editable install, as setup and CI do, with the CTranslate2 backend (--backend ctranslate2):
-# pegasus_gsg/protos.py finds proto/summarizer.proto and compiles it at import time
+COPY configs ./configs
+# A regular install with the CTranslate2 backend (--backend ctranslate2); the source copy is
+# then removed, so the server runs from site-packages exactly as installed.
+# pegasus_gsg.serving.protos finds the installed summarizer.proto and compiles it at import time
 # (grpcio-tools is a runtime dependency).
-RUN pip install -e ".[ct2]" \
-    && python -c "from pegasus_gsg.protos import pb2; print(pb2.DESCRIPTOR.package)"
+RUN pip install ".[ct2]" \
+    && rm -rf /app/pegasus_gsg /app/server /app/proto /app/configs /app/build \
+    && cd / \
+    && python -c "from pegasus_gsg.serving.protos import pb2; print(pb2.DESCRIPTOR.package)" \
+    && pegasus-gsg serve --help > /dev/null
 
 USER pegasus
 VOLUME ["/model"]
@@ -52,10 +59,10 @@ EXPOSE 50051
 
 # The standard gRPC health service (no auth token needed); NOT_SERVING while loading/draining.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-m", "server.healthcheck", "--target", "127.0.0.1:50051"]
+    CMD ["python", "-m", "pegasus_gsg.server.healthcheck", "--target", "127.0.0.1:50051"]
 
 # SIGTERM (docker stop) drains: NOT_SERVING, then in-flight requests get --grace seconds
 # (8 s fits docker stop's default 10 s before SIGKILL; raise both together: docker stop -t).
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["python", "-m", "server", "--model", "/model", "--host", "0.0.0.0", "--port", "50051"]
+ENTRYPOINT ["pegasus-gsg", "serve", "--model", "/model", "--host", "0.0.0.0", "--port", "50051"]
 CMD ["--grace", "8"]

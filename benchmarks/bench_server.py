@@ -7,8 +7,8 @@ text (AESLC email bodies + Reuters news from ../shared/data) and a random-weight
 --max-new-tokens tokens whatever the weights: uniform, honest work for every backend.
 
 1. Load: each server in --backends runs as its own process on 127.0.0.1 with the same thread
-   count: `transformers` (`python -m server`, batching worker, `generate`: today's server),
-   `ct2-float32` / `ct2-int8` (`python -m server --backend ctranslate2 --compute-type ...`,
+   count: `transformers` (`pegasus-gsg serve`, batching worker, `generate`: today's server),
+   `ct2-float32` / `ct2-int8` (`pegasus-gsg serve --backend ctranslate2 --compute-type ...`,
    same batching worker), and optionally `naive` (one request at a time through
    `model.generate` under a lock). For each repeat, mode (--modes: greedy, beam4) and
    concurrency (1, 4, 16) a load generator sends the same --requests real AESLC documents
@@ -35,9 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -46,13 +44,15 @@ from pathlib import Path
 
 import grpc
 import psutil
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pegasus_gsg.serving.process import ServerProcess  # noqa: E402
 from pegasus_gsg.serving.protos import pb2, pb2_grpc  # noqa: E402
 
-# server name -> extra `python -m server` arguments (naive: the in-file baseline server)
+# server name -> extra `pegasus-gsg serve` arguments (naive: the in-file baseline server)
 BACKEND_ARGS: dict[str, list[str]] = {
     "transformers": [],
     "ct2-float32": ["--backend", "ctranslate2", "--compute-type", "float32"],
@@ -184,6 +184,9 @@ def naive_server_main(args: argparse.Namespace) -> None:
     servicer = NaiveServicer(args.model, args.max_input_tokens)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
     pb2_grpc.add_SummarizerServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()  # SERVING at once: the model loaded above
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(f"127.0.0.1:{args.port}")
     server.start()
     print(f"listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
@@ -194,75 +197,57 @@ def naive_server_main(args: argparse.Namespace) -> None:
 
 
 class Server:
-    """A server subprocess; its port is read from its 'listening on' log line."""
+    """A server subprocess (pegasus_gsg.serving.process) with a channel to it."""
 
-    def __init__(self, name: str, argv: list[str], ready: str) -> None:
+    def __init__(self, name: str, process: ServerProcess) -> None:
         self.name = name
-        self.proc = subprocess.Popen(
-            [sys.executable, *argv], cwd=REPO, stderr=subprocess.PIPE, text=True
-        )
-        self.port = None
-        for line in self.proc.stderr:
-            if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
-                self.port = int(match.group(1))
-            if re.search(ready, line):
-                break
-        if self.port is None:
-            raise RuntimeError(f"{name} server did not start (exit {self.proc.poll()})")
-        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
-        self.target = f"127.0.0.1:{self.port}"
+        self.process = process
+        self.ps = psutil.Process(process.proc.pid)
+        self.channel: grpc.Channel | None = None
+
+    def connect(self) -> None:
+        """Wait until SERVING, open the channel and send one warm-up request."""
+        self.target = self.process.wait_until_serving(timeout=600)
         self.channel = grpc.insecure_channel(self.target)
         self.stub = pb2_grpc.SummarizerStub(self.channel)
-        self.ps = psutil.Process(self.proc.pid)
+        options = pb2.GenerationOptions(max_new_tokens=2)
+        self.stub.Summarize(pb2.SummarizeRequest(text="warm up", options=options), timeout=600)
 
     def rss(self) -> int:
         return self.ps.memory_info().rss
 
     def stop(self) -> None:
-        self.channel.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        if self.channel is not None:
+            self.channel.close()
+        self.process.stop(timeout=30)
 
 
 def start_servers(args: argparse.Namespace, model_dir: Path, names: list[str]) -> dict[str, Server]:
+    """Start every server at once (they load in parallel), then wait for each to be SERVING."""
     common = ["--model", str(model_dir), "--port", "0", "--torch-threads", str(args.torch_threads)]
     common += ["--max-input-tokens", str(args.max_input_tokens)]
     servers = {}
     for name in dict.fromkeys(names):
+        log = args.work_dir / f"server-{name}.log"
         if name == "naive":
-            argv = [str(Path(__file__).resolve()), "--naive-server", *common]
+            naive = [sys.executable, str(Path(__file__).resolve()), "--naive-server"]
+            process = ServerProcess(common, command=naive, log=log)
         else:
-            argv = [
-                "-m",
-                "pegasus_gsg.server",
-                *common,
-                "--max-batch-size",
-                str(args.max_batch_size),
-            ]
+            argv = [*common, "--max-batch-size", str(args.max_batch_size)]
             argv += ["--max-wait-ms", str(args.max_wait_ms), "--max-num-beams", "4"]
             argv += ["--max-new-tokens-limit", str(max(64, args.max_new_tokens))]
             argv += [*BACKEND_ARGS[name], "--ct2-cache-dir", str(args.work_dir / "ct2")]
-        servers[name] = Server(name, argv, ready=r"listening on")
-    for server in servers.values():  # the servers load after binding: wait for each
-        grpc.channel_ready_future(server.channel).result(timeout=300)
-        wait_until_serving(server)
+            process = ServerProcess(argv, log=log)
+        servers[name] = Server(name, process)
+    try:
+        for server in servers.values():
+            server.connect()
+    except BaseException:
+        for server in servers.values():
+            server.process.proc.kill()
+            server.process.wait()
+        raise
     return servers
-
-
-def wait_until_serving(server: Server) -> None:
-    request = pb2.SummarizeRequest(text="warm up", options=pb2.GenerationOptions(max_new_tokens=2))
-    for _ in range(600):
-        try:
-            server.stub.Summarize(request, timeout=60)
-            return
-        except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.UNAVAILABLE:
-                raise
-            time.sleep(0.5)
-    raise RuntimeError(f"{server.name} server never became ready")
 
 
 # -- load -----------------------------------------------------------------------------------------

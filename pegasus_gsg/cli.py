@@ -1,8 +1,10 @@
 """`pegasus-gsg` command line: a thin dispatcher over one module per command.
 
 Each command lives in `pegasus_gsg/commands/<name>.py` and exposes
-`add_arguments(parser)` and `run(args) -> int`. Modules are imported only when their command
-runs, so `pegasus-gsg select` never pays for importing torch.
+`add_arguments(parser)` and `run(args) -> int`, or, for a command that parses its own
+arguments (`serve`: the server's options and --help), `run_argv(argv) -> int`, which gets
+everything after the command name as typed. Modules are imported only when their command runs, so
+`pegasus-gsg select` never pays for importing torch.
 
 Library code raises `ValueError` / `FileNotFoundError` with a precise message; this is the one
 place that turns them into a single `pegasus-gsg: error: ...` line and a non-zero exit.
@@ -15,6 +17,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 _COMMANDS: dict[str, tuple[str, str]] = {
     "select": ("pegasus_gsg.commands.select", "pick gap sentences for each JSON Lines document"),
@@ -26,32 +29,37 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "export-ct2": ("pegasus_gsg.commands.export_ct2", "convert a model for CTranslate2 serving"),
     "summarize": ("pegasus_gsg.commands.summarize", "call a running gRPC summarization server"),
     "demo": ("pegasus_gsg.commands.demo", "the whole pipeline end to end on a real corpus"),
+    "serve": ("pegasus_gsg.commands.serve", "run the gRPC summarization server (see serve --help)"),
 }
 
 EXIT_FAILURE = 1
 
 
-def _build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, object | None]:
+def _build_parser(chosen: str | None) -> tuple[argparse.ArgumentParser, Any]:
     parser = argparse.ArgumentParser(
         prog="pegasus-gsg", description="PEGASUS Gap Sentences Generation toolkit."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    chosen = next((a for a in argv if not a.startswith("-")), None)
     module = None
     for name, (module_name, help_text) in _COMMANDS.items():
         cmd_parser = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
             module = importlib.import_module(module_name)
-            module.add_arguments(cmd_parser)
-            cmd_parser.set_defaults(_run=module.run)
+            if not hasattr(module, "run_argv"):
+                module.add_arguments(cmd_parser)
+                cmd_parser.set_defaults(_run=module.run)
     return parser, module
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `pegasus-gsg` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser, _ = _build_parser(argv)
+    at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    parser, module = _build_parser(argv[at] if at < len(argv) else None)
+    if module is not None and hasattr(module, "run_argv"):
+        parser.parse_args(argv[: at + 1])  # the global options only (-h, -v)
+        return int(module.run_argv(argv[at + 1 :]))  # it sets up logging and reports errors itself
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -11,8 +11,9 @@ Stages, each the same command a user would run by hand:
 3. **pretrain**   `python -m pegasus_gsg.pretrain` on the store for a wall-clock budget;
 4. **finetune**   `python -m pegasus_gsg.finetune` from the pretrained weights;
 5. **evaluate**   `pegasus-gsg evaluate` on the held-out pairs: ROUGE-1/2/Lsum with 95% CIs;
-6. **serve**      `python -m server` on a free local port; unseen emails are summarized through
-                  a real gRPC channel and printed next to their real subjects; SIGTERM drains it.
+6. **serve**      `pegasus-gsg serve` on a free local port; unseen emails are summarized
+                  through a real gRPC channel and printed next to their real subjects; SIGTERM
+                  drains it.
 
 The run directory gets `report.md` with the stage table, loss curves and ROUGE as PNG plots.
 The defaults fit in about 15 minutes on 2 CPU cores; `--minutes` scales the two training
@@ -24,11 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -266,66 +264,6 @@ def _final_loss(metrics: Path) -> str:
     return f"loss {curve.values[0]:.2f} -> {curve.values[-1]:.2f} in {curve.steps[-1]} steps"
 
 
-class _ServerProcess:
-    """`python -m server` in a subprocess; its port is read from its 'listening on' log line."""
-
-    def __init__(self, model_dir: Path, log: Path) -> None:
-        self.log = log
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pegasus_gsg.server",
-                "--model",
-                str(model_dir),
-                "--port",
-                "0",
-                "--grace",
-                "5",
-                "--max-wait-ms",
-                "20",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.port: int | None = None
-        self._ready = threading.Event()
-        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
-        self._pump_thread.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        with self.log.open("w", encoding="utf-8") as f:
-            for line in self.proc.stderr:
-                f.write(line)
-                f.flush()
-                match = re.search(r"listening on [\d.]+:(\d+)", line)
-                if match and self.port is None:
-                    self.port = int(match.group(1))
-                    self._ready.set()
-        self._ready.set()
-
-    def wait_port(self, timeout: float = 120.0) -> int:
-        if not self._ready.wait(timeout) or self.port is None:
-            self.proc.kill()
-            raise RuntimeError(f"the server did not start listening (see {self.log})")
-        return self.port
-
-    def stop(self, timeout: float = 30.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise RuntimeError(f"the server did not drain within {timeout} s") from None
-        finally:
-            self._pump_thread.join(timeout)  # reads to EOF, which the exit brings
-            assert self.proc.stderr is not None
-            self.proc.stderr.close()
-
-
 def _iter_texts(path: Path, limit: int) -> Iterator[str]:
     for n, (_, record) in enumerate(read_jsonl(path, required=("text",))):
         if n >= limit:
@@ -483,18 +421,15 @@ def run_demo(opts: DemoOptions) -> DemoResult:
 
     def serve() -> str:
         from pegasus_gsg.serving.client import SummarizerClient
+        from pegasus_gsg.serving.process import ServerProcess
 
         held_out = [r for _, r in read_jsonl(out / "pairs_test.jsonl")]
         unseen = held_out[opts.eval_pairs : opts.eval_pairs + opts.show_examples] or held_out[:1]
-        server = _ServerProcess(ft_run / "model", logs / "server.log")
+        args = ["--model", str(ft_run / "model"), "--port", "0", "--grace", "5"]
+        server = ServerProcess([*args, "--max-wait-ms", "20"], log=logs / "server.log")
         try:
-            port = server.wait_port()
-            with SummarizerClient(f"127.0.0.1:{port}", timeout=60.0) as client:
-                deadline = time.monotonic() + 120
-                while client.health() != "SERVING":
-                    if time.monotonic() > deadline or server.proc.poll() is not None:
-                        raise RuntimeError(f"the server never became SERVING (see {server.log})")
-                    time.sleep(0.2)
+            address = server.wait_until_serving(timeout=300)
+            with SummarizerClient(address, timeout=60.0) as client:
                 replies = client.summarize_batch(
                     [r["document"] for r in unseen], truncate=True, max_new_tokens=24
                 )
@@ -507,10 +442,11 @@ def run_demo(opts: DemoOptions) -> DemoResult:
                     }
                 )
         finally:
-            code = server.stop()
+            code = server.stop(timeout=30)
         if code != 0:
-            raise RuntimeError(f"the server exited with {code} after SIGTERM (see {server.log})")
-        return f"{len(result.examples)} summaries over gRPC on port {port}; drained, exit 0"
+            log = server.log_path
+            raise RuntimeError(f"the server exited with {code} after SIGTERM (see {log})")
+        return f"{len(result.examples)} summaries over gRPC on port {server.port}; drained, exit 0"
 
     _timed(result, "tokenizer", tokenizer)
     _timed(result, "prepare", prepare)

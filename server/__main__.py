@@ -1,7 +1,10 @@
-"""`python -m server --model DIR`: serve a save_pretrained summarizer over gRPC.
+"""`pegasus-gsg serve --model DIR` (= `python -m pegasus_gsg.server`): serve a summarizer over gRPC.
 
 The port is bound (health NOT_SERVING) before the model loads, so orchestrators see a live but
 not-ready server during the load; SIGTERM/SIGINT start a graceful drain.
+
+Exit status: 0 after a drain, 1 when the model cannot be loaded, 2 for bad arguments or
+settings (refused before the port is bound).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from .app import ListenConfig, SummarizerServer
@@ -19,11 +23,16 @@ from .settings import BACKENDS, ServingConfig
 
 logger = logging.getLogger("pegasus_gsg.server")
 
+PROG = "python -m pegasus_gsg.server"
+EXIT_LOAD_FAILED = 1
+EXIT_BAD_SETTINGS = 2
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The CLI; every default is read from ListenConfig / ServingConfig (their one home)."""
     listen, serving = ListenConfig(), ServingConfig()
-    p = argparse.ArgumentParser(prog="python -m server", description=__doc__.splitlines()[0])
+    description = "Serve a save_pretrained summarizer over gRPC (health, reflection, drain)."
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument(
         "--model",
         required=True,
@@ -104,8 +113,20 @@ def set_torch_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """Run the server until SIGTERM/SIGINT has drained it; returns the exit status.
+
+    `prog` names the command in usage and error lines (`pegasus-gsg serve` passes its own).
+    """
+    args = build_parser(prog).parse_args(argv)
+    try:
+        return _serve(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+
+
+def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -126,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         auth_token=token,
         metrics_port=args.metrics_port,
     )
-    from .model import SummarizerModel
+    from .summarizer import SummarizerModel
 
     if args.backend == "ctranslate2":  # refuse a bad compute type before binding the port
         from pegasus_gsg.evaluation import ct2
@@ -167,14 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         logger.exception("could not load %s", args.model)
         app.shutdown(grace=0)
-        return 1
+        return EXIT_LOAD_FAILED
     app.wait()
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as err:
-        print(f"python -m server: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """One serving process: gRPC server, health, reflection, optional TLS/auth/metrics, drain.
 
-Lifecycle (what `python -m server` and the tests drive):
+Lifecycle (what `pegasus-gsg serve` / `python -m pegasus_gsg.server` and the tests drive):
 
 1. `start()`: bind the port (127.0.0.1 unless told otherwise; port 0 = pick a free one) and
    answer health checks with NOT_SERVING; Summarizer RPCs get UNAVAILABLE;
@@ -28,11 +28,12 @@ from grpc_reflection.v1alpha import reflection
 from pegasus_gsg.serving.protos import SERVICE_NAME, pb2_grpc
 
 from .auth import BearerTokenInterceptor
+from .batcher import Batcher
 from .metrics import ServerMetrics
 from .service import SummarizerService
 
 if TYPE_CHECKING:
-    from .model import Batcher, SummarizerModel
+    from .summarizer import SummarizerModel
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +143,6 @@ class SummarizerServer:
 
     def load(self) -> None:
         """Load the model, start the batching worker and report SERVING."""
-        from .model import Batcher  # torch is imported here, after the port is bound
-
         model = self._model_factory()
         batcher = Batcher(model, on_batch=self.metrics.on_batch if self.metrics else None)
         self.batcher = batcher

@@ -9,7 +9,7 @@
 | generation raised                                | INTERNAL           |
 
 The servicer holds no model logic: it converts protobuf messages to `GenerationOptions` and
-`Job`s (server/model.py) and back.
+`Job`s (server/batcher.py) and back.
 """
 
 from __future__ import annotations
@@ -20,22 +20,24 @@ import queue
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from pegasus_gsg.evaluation.generation import GenerationOptions
 from pegasus_gsg.serving.protos import pb2, pb2_grpc
 
-from .model import (
+from .batcher import (
     Batcher,
     DroppedError,
-    GenerationOptions,
     Job,
     QueueFullError,
     ShuttingDownError,
-    SummarizerModel,
     SummaryResult,
 )
+
+if TYPE_CHECKING:
+    from .summarizer import SummarizerModel  # torch: imported when the model loads
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Serving settings of one process: limits, batching knobs and the generation backend.
 
-Kept free of torch and grpc imports so that `python -m server --help` and the argument parser
+Kept free of torch and grpc imports so that `pegasus-gsg serve --help` and the argument parser
 (server/__main__.py takes its defaults from here: one home for each default) stay fast.
 """
 

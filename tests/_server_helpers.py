@@ -10,7 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 from pegasus_gsg.server.app import ListenConfig, SummarizerServer
-from pegasus_gsg.server.model import Job, ServingConfig, SummarizerModel
+from pegasus_gsg.server.batcher import Job
+from pegasus_gsg.server.settings import ServingConfig
+from pegasus_gsg.server.summarizer import SummarizerModel
 
 from tests.conftest import read_jsonl_slice
 

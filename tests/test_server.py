@@ -19,7 +19,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from pegasus_gsg.server.app import ListenConfig, SummarizerServer
-from pegasus_gsg.server.model import Job, ServingConfig, SummarizerModel
+from pegasus_gsg.server.batcher import Job
+from pegasus_gsg.server.settings import ServingConfig
+from pegasus_gsg.server.summarizer import SummarizerModel
 
 from pegasus_gsg import cli
 from pegasus_gsg.serving.client import SummarizerClient

@@ -6,8 +6,6 @@ the reference the CTranslate2 server must reproduce through every RPC.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,13 +14,13 @@ import pytest
 from pegasus_gsg.server.app import SummarizerServer
 
 from pegasus_gsg.serving.client import SummarizerClient
+from pegasus_gsg.serving.process import ServerProcess
 from pegasus_gsg.serving.protos import pb2
 from tests._server_helpers import fitting_docs, rpc_error, running_server
 
 pytest.importorskip("ctranslate2")
 
 CT2 = dict(backend="ctranslate2", max_batch_size=8, max_wait_ms=2)
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -105,22 +103,21 @@ def test_deadline_and_overlong_policy(ct2_server, client, docs):
     assert client.summarize(docs[1]).summary  # still serving
 
 
-def run_server(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pegasus_gsg.server", "--port", "0", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def failed_start(*args: str) -> tuple[int, str]:
+    """(exit status, log) of a server that must exit before it is SERVING."""
+    server = ServerProcess(["--port", "0", *args])
+    with server, pytest.raises(RuntimeError, match="before it was SERVING"):
+        server.wait_until_serving(timeout=300)
+    assert server.returncode is not None
+    return server.returncode, server.log_text
 
 
 def test_unsupported_compute_type_is_refused_listing_the_supported(tiny_summarizer_dir):
-    proc = run_server("--model", str(tiny_summarizer_dir), "--backend", "ctranslate2",
-                      "--compute-type", "float16")  # fmt: skip
-    assert proc.returncode == 2
-    assert "'float16' is not supported on cpu" in proc.stderr and "int8" in proc.stderr
-    assert "listening on" not in proc.stderr  # refused before binding
+    code, log = failed_start("--model", str(tiny_summarizer_dir), "--backend", "ctranslate2",
+                             "--compute-type", "float16")  # fmt: skip
+    assert code == 2
+    assert "'float16' is not supported on cpu" in log and "int8" in log
+    assert "listening on" not in log  # refused before binding
 
 
 def test_unconvertible_model_fails_naming_what_is_missing(tiny_summarizer_dir, tmp_path):
@@ -128,7 +125,7 @@ def test_unconvertible_model_fails_naming_what_is_missing(tiny_summarizer_dir, t
 
     broken = Path(shutil.copytree(tiny_summarizer_dir, tmp_path / "m"))
     (broken / "model.safetensors").unlink()
-    proc = run_server("--model", str(broken), "--backend", "ctranslate2")
-    assert proc.returncode == 1
-    assert "has no weights: expected one of model.safetensors" in proc.stderr
-    assert "serving " not in proc.stderr  # never reported SERVING
+    code, log = failed_start("--model", str(broken), "--backend", "ctranslate2")
+    assert code == 1
+    assert "has no weights: expected one of model.safetensors" in log
+    assert "serving " not in log  # never reported SERVING

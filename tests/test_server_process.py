@@ -1,74 +1,35 @@
-"""`python -m server` as a real process: health over its life, SIGTERM drain, healthcheck CLI."""
+"""The server as a real process (pegasus_gsg.serving.process): health over its life, SIGTERM
+drain, the healthcheck CLI, `pegasus-gsg serve`, and failures that surface the server's log."""
 
 from __future__ import annotations
 
-import queue
-import re
 import signal
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 from pegasus_gsg.server import healthcheck
 
+from pegasus_gsg import cli
 from pegasus_gsg.serving.client import SummarizerClient
-from tests._server_helpers import fitting_docs, wait_for
+from pegasus_gsg.serving.process import ServerProcess
+from tests._server_helpers import MAX_INPUT_TOKENS, fitting_docs, running_server, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-class ServerProcess:
-    """`python -m server ...` with its stderr read line by line on a thread."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pegasus_gsg.server", *args],
-            cwd=REPO,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
-        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
-        self._pump_thread.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.put(line)
-
-    def wait_for_line(self, pattern: str, timeout: float = 120) -> re.Match:
-        while True:
-            try:
-                line = self.lines.get(timeout=timeout)
-            except queue.Empty:
-                raise AssertionError(f"no log line matching {pattern!r}; got {self.log}") from None
-            self.log.append(line)
-            if match := re.search(pattern, line):
-                return match
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(30)
-        self._pump_thread.join(30)  # EOF once the process is gone; then the pipe can close
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
+# The console script beside this interpreter (the venv's, as installed by `pip install`).
+PEGASUS_GSG = Path(sys.executable).with_name("pegasus-gsg")
 
 
 @pytest.mark.slow
-def test_sigterm_reports_not_serving_then_exits_cleanly(tiny_summarizer_dir):
+def test_sigterm_reports_not_serving_then_exits_cleanly(tiny_summarizer_dir, tmp_path):
     doc = fitting_docs(tiny_summarizer_dir, 1)[0]
-    server = ServerProcess(
-        "--model", str(tiny_summarizer_dir), "--port", "0", "--max-input-tokens", "128",
-        "--drain-delay", "10", "--grace", "5", "--torch-threads", "1",
-    )  # fmt: skip
-    try:
-        port = int(server.wait_for_line(r"listening on 127\.0\.0\.1:(\d+)").group(1))
-        server.wait_for_line(r"serving ")
-        target = f"127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    with ServerProcess(
+        ["--model", str(tiny_summarizer_dir), "--port", "0", "--max-input-tokens", "128",
+         "--drain-delay", "10", "--grace", "5", "--torch-threads", "1"],
+        log=log,
+    ) as server:  # fmt: skip
+        target = server.wait_until_serving()
+        assert server.host == "127.0.0.1" and target == f"127.0.0.1:{server.port}"
         with SummarizerClient(target, max_attempts=1) as client:
             assert client.health() == "SERVING"
             assert healthcheck.main(["--target", target]) == 0
@@ -81,10 +42,9 @@ def test_sigterm_reports_not_serving_then_exits_cleanly(tiny_summarizer_dir):
             wait_for(lambda: seen.append(client.health()) or seen[-1] != "SERVING", "SIGTERM")
             assert seen[-1] == "NOT_SERVING", seen
             assert healthcheck.main(["--target", target]) == 1
-        assert server.proc.wait(60) == 0
-        server.wait_for_line(r"stopped")
-    finally:
-        server.stop()
+        assert server.wait(60) == 0
+        assert server.wait_for_log(r"\bstopped\b")
+    assert "serving " in log.read_text()  # the log file got the whole output
 
 
 def test_healthcheck_fails_when_nothing_listens(capsys):
@@ -94,20 +54,66 @@ def test_healthcheck_fails_when_nothing_listens(capsys):
 
 @pytest.mark.slow
 def test_missing_model_dir_fails_with_a_clear_message(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pegasus_gsg.server",
-            "--model",
-            str(tmp_path / "nope"),
-            "--port",
-            "0",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    with ServerProcess(["--model", str(tmp_path / "nope"), "--port", "0"]) as server:
+        with pytest.raises(RuntimeError, match="exited with 1 before it was SERVING") as info:
+            server.wait_until_serving()
+        assert server.returncode == 1
+    # The error quotes the server's log, which names the directory.
+    assert f"model directory {tmp_path / 'nope'} does not exist" in str(info.value)
+
+
+def test_a_command_that_never_listens_fails_quoting_its_output():
+    script = "import sys; print('cannot start: no GPU here', file=sys.stderr); sys.exit(3)"
+    server = ServerProcess([], command=[sys.executable, "-c", script])
+    with server, pytest.raises(RuntimeError, match="exited with 3") as info:
+        server.wait_until_serving(timeout=60)
+    assert "cannot start: no GPU here" in str(info.value)
+    with pytest.raises(RuntimeError, match="has not reported its port"):
+        _ = server.address
+
+
+def test_a_server_that_does_not_drain_is_killed_and_reported():
+    script = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('listening on 127.0.0.1:1 (plaintext)', file=sys.stderr, flush=True); "
+        "time.sleep(120)"
     )
-    assert result.returncode == 1
-    assert f"model directory {tmp_path / 'nope'} does not exist" in result.stderr
+    server = ServerProcess([], command=[sys.executable, "-c", script])
+    server.wait_for_log("listening on")
+    assert server.address == "127.0.0.1:1"
+    with pytest.raises(RuntimeError, match="did not exit within 1 s and was killed") as info:
+        server.stop(timeout=1)
+    assert "listening on 127.0.0.1:1" in str(info.value)
+    assert server.returncode == -signal.SIGKILL
+
+
+def test_serve_help_lists_the_server_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["serve", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: pegasus-gsg serve ")
+    assert "--max-batch-size" in out and "--backend" in out and "--drain-delay" in out
+
+
+def test_serve_refuses_bad_settings_before_binding(tmp_path, capsys):
+    code = cli.main(["serve", "--model", str(tmp_path), "--port", "70000"])
+    assert code == 2
+    assert (
+        "pegasus-gsg serve: error: port must be in 0..65535, got 70000" in capsys.readouterr().err
+    )
+
+
+@pytest.mark.slow
+def test_pegasus_gsg_serve_answers_like_the_in_process_server(tiny_summarizer_dir):
+    docs = fitting_docs(tiny_summarizer_dir, 2)
+    with running_server(tiny_summarizer_dir) as app, SummarizerClient(app.address) as client:
+        expected = [client.summarize(d).summary for d in docs]
+    args = ["serve", "--model", str(tiny_summarizer_dir), "--port", "0",
+            "--max-input-tokens", str(MAX_INPUT_TOKENS), "--torch-threads", "1"]  # fmt: skip
+    with ServerProcess(args, command=[str(PEGASUS_GSG)]) as server:
+        with SummarizerClient(server.wait_until_serving(), max_attempts=1) as client:
+            assert [client.summarize(d).summary for d in docs] == expected
+            assert client.model_info().max_input_tokens == MAX_INPUT_TOKENS
+        assert server.stop() == 0
+    assert "stopped" in server.log_text

@@ -1,7 +1,7 @@
 """`pegasus-gsg export-ct2 MODEL --compute-type int8 --out DIR`: convert for CTranslate2 offline.
 
 The output directory (model.bin, vocabulary, tokenizer, generation config and a manifest naming
-the source checksum) is what `python -m server --model DIR --backend ctranslate2` loads directly,
+the source checksum) is what `pegasus-gsg serve --model DIR --backend ctranslate2` loads directly,
 e.g. converted once in a Docker build. Written atomically: a temp directory renamed at the end.
 """
 
