@@ -63,7 +63,7 @@ tail -4 "$WORK/demo.log"
 
 step "pegasus-gsg serve + pegasus-gsg summarize"
 port=$("$BIN/python" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-"$BIN/python" -m pegasus_gsg.server --model "$WORK/demo/finetune/model" --host 127.0.0.1 --port "$port" \
+"$BIN/pegasus-gsg" serve --model "$WORK/demo/finetune/model" --host 127.0.0.1 --port "$port" \
     > "$WORK/serve.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 120); do
