@@ -8,14 +8,16 @@ builds and installs the wheel itself; this test catches the omission in the fast
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _setuptools() -> dict:
-    return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    return pyproject["tool"]["setuptools"]
 
 
 def test_every_package_folder_is_listed() -> None:
