@@ -23,8 +23,9 @@ from pegasus_gsg.server.settings import ServingConfig
 from pegasus_gsg.serving.protos import SERVICE_NAME
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
-KUBERNETES_VERSION = "1.30.0"
-"""Oldest version the manifests target (native gRPC probes are GA since 1.27)."""
+KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
+"""The oldest version the manifests target (native gRPC probes are GA since 1.27) and the
+newest whose schemas kubernetes-validate 1.37 ships."""
 KUSTOMIZE_FILES = {"kustomization.yaml", "deployment-patch.yaml"}
 
 
@@ -46,7 +47,8 @@ def resources() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def validate(doc: dict[str, Any]) -> None:
-    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(doc, version, strict=True)
 
 
 def apply_json_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:

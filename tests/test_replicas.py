@@ -107,6 +107,30 @@ def test_replica_that_is_not_serving_gets_no_calls(tiny_summarizer_dir):
         loading.shutdown(grace=0)
 
 
+@pytest.mark.slow
+def test_cli_spreads_an_input_file_over_replicas(tiny_summarizer_dir, tmp_path, capsys):
+    from pegasus_gsg import cli
+
+    docs = fitting_docs(tiny_summarizer_dir, 12)
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        "".join(json.dumps({"id": i, "document": d}) + "\n" for i, d in enumerate(docs))
+    )
+    with (
+        running_server(tiny_summarizer_dir, metrics_port=0) as one,
+        running_server(tiny_summarizer_dir, metrics_port=0) as two,
+    ):
+        servers = f"127.0.0.1:{one.port},127.0.0.1:{two.port}"
+        argv = ["summarize", "--server", servers, "--input", str(source), "--max-new-tokens", "4"]
+        assert cli.main([*argv, "--concurrency", "4"]) == 0
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [r["id"] for r in rows] == list(range(12))
+        assert _ok_count(one) > 0 and _ok_count(two) > 0
+        assert _ok_count(one) + _ok_count(two) == 12
+    assert cli.main(["summarize", "--server", "host-a:1,host-b:2", "text"]) == 1
+    assert "several addresses must be IP literals" in capsys.readouterr().err
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
