@@ -43,6 +43,8 @@ def test_channel_target_lists_ip_literals_under_their_scheme():
     assert channel_target("summarizer.ns.svc:50051") == "summarizer.ns.svc:50051"
     assert channel_target("127.0.0.1:5001, 127.0.0.1:5002") == "ipv4:127.0.0.1:5001,127.0.0.1:5002"
     assert channel_target("[::1]:5001,[::1]:5002") == "ipv6:[::1]:5001,[::1]:5002"
+    for uri in ("ipv4:10.0.0.1:1,10.0.0.2:1", "dns:///summarizer.ns.svc:50051", "unix:/run/s"):
+        assert channel_target(uri) == uri
 
 
 @pytest.mark.parametrize(

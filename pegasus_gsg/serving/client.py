@@ -38,6 +38,8 @@ from pegasus_gsg.serving.protos import SERVICE_NAME, pb2, pb2_grpc
 
 MAX_ATTEMPTS_LIMIT = 5
 """gRPC caps retry attempts at 5 (silently); we refuse more instead."""
+TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
+"""gRPC name-resolver schemes: a target starting with one is passed to gRPC as it is."""
 
 
 def channel_target(addresses: str) -> str:
@@ -47,6 +49,8 @@ def channel_target(addresses: str) -> str:
     take a list; its DNS resolver takes one name): for several host names, give one DNS name
     that resolves to all of them.
     """
+    if addresses.startswith(TARGET_SCHEMES):
+        return addresses
     parts = [part.strip() for part in addresses.split(",")]
     if not all(parts):
         raise ValueError(f"server address list {addresses!r} has an empty entry")
