@@ -265,7 +265,8 @@ def test_health_is_not_serving_until_the_model_is_loaded(tiny_summarizer_dir, do
     )
     app.start()
     try:
-        with SummarizerClient(app.address, max_attempts=1) as c:
+        # skip_unhealthy=False: a client that calls anyway gets the server's own answer
+        with SummarizerClient(app.address, max_attempts=1, skip_unhealthy=False) as c:
             assert c.health() == "NOT_SERVING"
             assert c.health(SERVICE_NAME) == "NOT_SERVING"
             err = rpc_error(c.summarize, docs[0])

@@ -38,7 +38,13 @@ _OPTION_ARGS = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("text", nargs="?", help="text to summarize (or use --input)")
-    parser.add_argument("--server", required=True, metavar="HOST:PORT")
+    parser.add_argument(
+        "--server",
+        required=True,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="one address, a DNS name of several replicas, or IP:PORT,IP:PORT,... "
+        "(calls go round robin over the healthy ones)",
+    )
     parser.add_argument("--input", type=Path, metavar="FILE.jsonl", help="one record per line")
     parser.add_argument("--field", default="document", help="record field holding the text")
     parser.add_argument("--id-field", default="id", help="record field copied to the output")
