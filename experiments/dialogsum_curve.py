@@ -42,7 +42,7 @@ from experiments.pipeline import (
     setup_logging,
     write_jsonl,
 )
-from pegasus_gsg.training.checkpoint import fresh_staging_dir, remove_tree, replace_dir
+from pegasus_gsg.files import fresh_staging_dir, remove_tree, replace_dir
 
 logger = logging.getLogger("dialogsum_curve")
 

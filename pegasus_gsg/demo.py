@@ -35,14 +35,14 @@ from pathlib import Path
 from pegasus_gsg.data.jsonl import read_jsonl
 from pegasus_gsg.data.pairs import dedup_pairs
 from pegasus_gsg.evaluation.report import markdown_table, plot_curves, plot_rouge_bars, read_metric
-from pegasus_gsg.shipped import shipped_config
-from pegasus_gsg.training.checkpoint import (
+from pegasus_gsg.files import (
     atomic_file,
     fresh_staging_dir,
     remove_tree,
     replace_dir,
     write_text_atomic,
 )
+from pegasus_gsg.shipped import shipped_config
 
 logger = logging.getLogger(__name__)
 
@@ -67,16 +67,27 @@ class DemoOptions:
     """Fine-tuning pairs: a folder under data_dir, or a JSON Lines file with `document`,
     `summary` and optionally `split` (train / dev|validation / test)."""
     out: Path = Path("demo-out")
+    """Folder the demo writes: stores, tokenizer, runs, predictions and its report."""
     minutes: float = 12.0
-    """Target length of the whole run; the training budgets are shares of it."""
+    """Target length of the whole run in minutes, > 0; the training budgets are shares of
+    it."""
     corpus_docs: int = 15000
+    """Most corpus documents read for the tokenizer and pretraining; >= 1."""
     vocab_size: int = 4000
+    """Tokenizer vocabulary size including reserved ids, >= 1 (the tokenizer trainer refuses
+    one too small to hold its reserved and byte pieces)."""
     train_pairs: int = 4000
+    """Most (document, summary) pairs to fine-tune on; >= 1."""
     eval_pairs: int = 200
+    """Held-out pairs scored with ROUGE (half as many, at least 4, validate); >= 1."""
     show_examples: int = 5
+    """Summaries generated through the gRPC server and shown in the report; >= 1."""
     max_input_len: int = 256
+    """Encoder tokens per example including `</s>`; >= 2."""
     max_target_len: int = 32
+    """Decoder target tokens per example including `</s>`; >= 2."""
     seed: int = 0
+    """Seed of the tokenizer sample, data order and training; >= 0."""
     threads: int = 1
     """torch/OpenMP threads per training process. 1 by default: with anything else running
     on a 2-core machine, 2 threads per process collapsed to 5.4 s/step against 0.45 s/step with
@@ -100,6 +111,12 @@ class DemoOptions:
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        for name in ("max_input_len", "max_target_len"):
+            value = getattr(self, name)
+            if value < 2:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 2, got {value}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
         if self.smoke:
             self.corpus_docs = min(self.corpus_docs, 300)
             self.vocab_size = min(self.vocab_size, 800)
@@ -135,20 +152,32 @@ class DemoOptions:
 
 @dataclass
 class Stage:
+    """One timed stage of the demo, for the report."""
+
     name: str
+    """tokenizer, prepare, pretrain, finetune, evaluate or serve."""
     seconds: float
+    """Wall-clock time the stage took."""
     figure: str
+    """One line saying what the stage produced (counts, losses, ROUGE)."""
 
 
 @dataclass
 class DemoResult:
+    """What `run_demo` did and measured."""
+
     out: Path
+    """The demo's output folder (absolute)."""
     stages: list[Stage] = field(default_factory=list)
+    """The stages run so far, in order."""
     rouge: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The fine-tuned model's ROUGE on the held-out pairs: metric -> low/mid/high F1."""
     baseline: dict[str, dict[str, float]] = field(default_factory=dict)
     """ROUGE of the first LEAD_WORDS words of each held-out document, for scale."""
     examples: list[dict[str, str]] = field(default_factory=list)
+    """Summaries served over gRPC: `subject` (the reference) and `generated`."""
     report: Path | None = None
+    """The written report; None until the last stage has run."""
 
 
 def _timed(result: DemoResult, name: str, fn: Callable[[], str]) -> None:

@@ -45,20 +45,27 @@ class ListenConfig:
     host: str = "127.0.0.1"
     """Address to bind; 127.0.0.1 by default so nothing is exposed unless asked."""
     port: int = 50051
-    """0 = let the OS pick (the bound port is returned by `start`)."""
+    """TCP port to bind, 0..65535; 0 = let the OS pick (the bound port is returned by
+    `start`)."""
     max_workers: int = 64
-    """gRPC handler threads, and the most concurrent RPCs (more get RESOURCE_EXHAUSTED)."""
+    """gRPC handler threads, and the most concurrent RPCs (more get RESOURCE_EXHAUSTED); >= 1."""
     max_message_bytes: int = 4 * 1024 * 1024
-    """Largest request or response message."""
+    """Largest request or response message in bytes; >= 1024."""
     tls_cert: Path | None = None
+    """PEM certificate chain to serve TLS with (an existing file, given with tls_key); None =
+    plaintext."""
     tls_key: Path | None = None
+    """PEM private key of tls_cert (an existing file, given with tls_cert)."""
     auth_token: str | None = None
+    """Bearer token every RPC must carry (`authorization: Bearer TOKEN`); None = no auth."""
     metrics_port: int | None = None
-    """Prometheus exporter port on `host`; None = no metrics."""
+    """Prometheus exporter port on `host`, 0..65535 (0 = the OS picks); None = no metrics."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be in 0..65535 or None, got {self.metrics_port}")
         if self.max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {self.max_workers}")
         if self.max_message_bytes < 1024:

@@ -150,12 +150,22 @@ def _wrap(owner: Any, name: str, around: Callable[..., Any]) -> None:
     setattr(owner, name, wrapper)
 
 
+def _wrap_where_defined(modules: tuple[Any, ...], name: str, around: Callable[..., Any]) -> None:
+    """Wrap `name` in each of `modules` that has it: the loop exports model/ and best/ through
+    pegasus_gsg.files, and checkpoint.py saves and prunes through the name it has for the same
+    writer (a copy or an import), so both are patched to fault at the same instant."""
+    for module in modules:
+        if hasattr(module, name):
+            _wrap(module, name, around)
+
+
 def _arm(spec: str, rank: int) -> None:
     """Patch the library so that the fault `spec` (`KIND:N[:RANK]`) happens on `rank`."""
     import torch
 
+    from pegasus_gsg import files
     from pegasus_gsg.training import checkpoint as ckpt
-    from pegasus_gsg.training import loop as train
+    from pegasus_gsg.training import loop, validate
 
     kind, step_text, *rest = spec.split(":")
     step, fault_rank = int(step_text), int(rest[0]) if rest else 0
@@ -198,15 +208,15 @@ def _arm(spec: str, rank: int) -> None:
             _kill_job()
         return original(staging, final)
 
-    _wrap(ckpt, "replace_dir", replace_dir)
+    _wrap_where_defined((files, ckpt), "replace_dir", replace_dir)
 
     def remove_tree(original: Callable[..., Any], path: Path) -> Any:
         if kind == "in_prune" and at["step"] == step and path.name.startswith("step_"):
-            os.rename(path, path.with_name(ckpt.TRASH_PREFIX + path.name))
+            os.rename(path, path.with_name(files.TRASH_PREFIX + path.name))
             _kill_job()
         return original(path)
 
-    _wrap(ckpt, "remove_tree", remove_tree)
+    _wrap_where_defined((files, ckpt), "remove_tree", remove_tree)
 
     def save_state(original: Callable[..., Any], self: Any, *a: Any, **k: Any) -> Any:
         out = original(self, *a, **k)
@@ -217,7 +227,10 @@ def _arm(spec: str, rank: int) -> None:
     from accelerate import Accelerator
 
     _wrap(Accelerator, "save_state", save_state)
-    assert train.ckpt is ckpt  # train.py calls these through the module, so patches apply
+    # The loop calls these through the modules (`files.replace_dir`, `ckpt.append_line`), so
+    # the patches apply.
+    assert loop.files is files and validate.files is files
+    assert loop.ckpt is ckpt and validate.ckpt is ckpt
 
 
 def _launch(audit_dir: Path, entry: str, argv: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""The training loop end to end on CPU with real stores (pegasus_gsg/train.py and entry points).
+"""The training loop end to end on CPU with real stores (pegasus_gsg/training/ and entry points).
 
 Tiny model (d_model 32, one layer each side) and tokenizer (`tiny_tokenizer_dir`), real text
 from ../shared/data, stores written by the real `pegasus-gsg prepare`.

@@ -72,8 +72,11 @@ class Ranking:
     """
 
     order: Sequence[int] | np.ndarray
-    """A list, or the store's array as read (no conversion on the batch-time path)."""
+    """Sentence indices, most important first: a permutation of 0..n-1. A list, or the
+    store's array as read (no conversion on the batch-time path)."""
     scores: Sequence[float] | np.ndarray
+    """One score per sentence, indexed by sentence position (see above), as many as `order`;
+    each in [0, 1]."""
 
     def __post_init__(self) -> None:
         if len(self.order) != len(self.scores):
@@ -401,14 +404,15 @@ class SelectionOptions:
     """How `select_text` picks the gap sentences of one raw document (`select`, `inspect`)."""
 
     strategy: str = "ind_orig"
-    """One of STRATEGIES (default: the paper's best)."""
+    """How sentences are ranked: one of STRATEGIES (default: the paper's best, Ind-Orig)."""
     gsr: float = 0.3
     """Gap-sentence ratio in (0, 1] when `gsr_range` is None."""
     stopwords: bool = True
     """False keeps the 127 English stopwords in the scores."""
     seed: int = 0
+    """Seed of the per-example RNG (random strategy, mixed gsr, score noise); an int >= 0."""
     epoch: int = 0
-    """With `seed` and the record index, the per-example RNG (`example_rng`)."""
+    """With `seed` and the record index, the per-example RNG (`example_rng`); an int >= 0."""
     gsr_range: tuple[float, float] | None = None
     """Set: mixed & stochastic selection, gsr drawn from [low, high] and scores jittered."""
     noise: float = 0.2

@@ -97,8 +97,13 @@ class PretrainingExample:
     """Encoder input, decoder target and MLM labels of one pretraining example."""
 
     input_ids: list[int]
+    """Encoder token ids, gap sentences masked, ending in `</s>`; at most max_input_len."""
     labels: list[int]
-    mlm_labels: list[int]  # same length as input_ids; -100 where not an MLM target
+    """Decoder target ids: the gap sentences in document order, ending in `</s>`; at most
+    max_target_len."""
+    mlm_labels: list[int]
+    """Same length as input_ids: the original id where a token was picked for MLM, -100
+    (IGNORE_INDEX) elsewhere."""
 
 
 def _check_args(

@@ -1,7 +1,7 @@
 """Run reports: loss curves and ROUGE tables as PNG plots, and a markdown page that shows them.
 
 Used by `pegasus-gsg demo` and the experiment scripts. Training runs write one JSON object per
-log interval to `OUT/metrics.jsonl` and one per validation to `OUT/eval.jsonl` (train.py);
+log interval to `OUT/metrics.jsonl` and one per validation to `OUT/eval.jsonl` (training/loop.py);
 this module only reads those files, so a report can be rebuilt from a finished run at any time.
 """
 

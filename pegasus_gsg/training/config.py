@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -100,18 +101,29 @@ class ModelConfig:
     """Shape of a new `PegasusForConditionalGeneration`, or where to load one from."""
 
     preset: ModelPreset | None = None
-    """Fills the shape fields with a known size (explicit fields still win)."""
+    """A named shape, `tiny`, `base` (the paper's BASE) or `large`, filling the shape fields
+    below (explicit fields still win); None = the fields as given."""
     init_from: str | None = None
-    """A local HF PEGASUS directory to start from; the shape fields are then ignored."""
+    """A local HF PEGASUS directory (weights + config) to start from; the shape fields are then
+    ignored. None = a new, randomly initialised model."""
     d_model: int = 64
+    """Hidden size of every layer (embedding width); an int >= 1, divisible by
+    attention_heads."""
     encoder_layers: int = 2
+    """Transformer layers in the encoder; an int >= 1."""
     decoder_layers: int = 2
+    """Transformer layers in the decoder; an int >= 1."""
     attention_heads: int = 4
+    """Attention heads per layer; an int >= 1 that divides d_model."""
     ffn_dim: int = 128
+    """Inner width of each layer's feed-forward block; an int >= 1."""
     max_position_embeddings: int = 512
-    """Sinusoidal positions: must cover data.max_input_len and data.max_target_len."""
+    """Longest sequence, in tokens, the sinusoidal positions cover; an int >= 1 and at least
+    data.max_input_len and data.max_target_len."""
     dropout: float = 0.1
+    """Dropout probability on activations (embeddings, residuals, feed-forward); in [0, 1)."""
     attention_dropout: float = 0.1
+    """Dropout probability on attention weights; in [0, 1)."""
 
     def __post_init__(self) -> None:
         _check_choices(self, "model.")
@@ -144,18 +156,26 @@ class OptimConfig:
     """Optimiser and the update rule around it."""
 
     name: Literal["adamw", "adafactor"] = "adamw"
-    """`adafactor` is the paper's choice (transformers.optimization.Adafactor, fixed lr)."""
+    """`adamw` (torch, fused where available) or `adafactor`, the paper's choice
+    (transformers.optimization.Adafactor with a fixed lr, no relative step)."""
     lr: float = 3e-4
+    """Peak learning rate, reached after schedule.warmup_steps; a float in (0, 1)."""
     weight_decay: float = 0.01
+    """Decoupled weight decay on matrices (not biases or LayerNorm scales); >= 0."""
     beta1: float = 0.9
+    """AdamW's first-moment decay; in [0, 1). Unused by adafactor."""
     beta2: float = 0.999
+    """AdamW's second-moment decay; in [0, 1). Unused by adafactor."""
     eps: float = 1e-8
+    """AdamW's denominator term; > 0. Unused by adafactor."""
     grad_clip: float = 1.0
-    """Max global gradient norm; 0 disables clipping."""
+    """Max global gradient L2 norm per optimizer step; >= 0, 0 disables clipping."""
     label_smoothing: float = 0.0
-    """0.1 for fine-tuning as in the paper; 0 for pretraining."""
+    """Probability mass spread over the vocabulary in the target loss; in [0, 1). 0.1 for
+    fine-tuning as in the paper; 0 for pretraining."""
     grad_accum: int = 1
-    """Micro-batches per optimizer step; the loss is normalised over the whole window."""
+    """Micro-batches per optimizer step, an int >= 1; the loss is normalised over the whole
+    window."""
 
     def __post_init__(self) -> None:
         _check_choices(self, "optim.")
@@ -179,15 +199,20 @@ class ScheduleConfig:
     """Learning rate: linear warmup, then decay; training length in optimizer steps or epochs."""
 
     decay: Literal["linear", "cosine", "inverse_sqrt", "constant"] = "linear"
-    """`inverse_sqrt` is the paper's square-root decay."""
+    """Shape of the learning rate after warmup: `linear` or `cosine` to 0 at the last step,
+    `inverse_sqrt` (the paper's square-root decay) or `constant`."""
     warmup_steps: int = 0
+    """Optimizer steps of linear warmup from 0 to optim.lr; an int >= 0."""
     max_steps: int | None = 1000
-    """Optimizer steps to train; exactly one of max_steps / epochs is set."""
+    """Optimizer steps to train, an int >= 1; exactly one of max_steps / epochs is set (the
+    other None)."""
     epochs: int | None = None
-    """Whole passes over the training set, converted to steps from the first epoch's batches."""
+    """Whole passes over the training set, an int >= 1, converted to steps from the first
+    epoch's batches; exactly one of max_steps / epochs is set."""
     max_minutes: float | None = None
-    """Also stop (evaluate, export) after this much wall-clock time; the lr schedule still
-    follows max_steps/epochs. For time-boxed runs such as the demo."""
+    """Also stop (evaluate, export) after this many wall-clock minutes, > 0; the lr schedule
+    still follows max_steps/epochs. None = no time limit. For time-boxed runs such as the
+    demo."""
 
     def __post_init__(self) -> None:
         _check_choices(self, "schedule.")
@@ -218,17 +243,23 @@ class DataConfig(ExampleOptions):
     _error_prefix: ClassVar[str] = "config: data."
 
     train: str | None = None
-    """A store written by `pegasus-gsg prepare` (pretrain or finetune kind)."""
+    """Directory of a store written by `pegasus-gsg prepare` (pretrain or finetune kind);
+    required by the entry points (or --train)."""
     validation: str | None = None
-    """Optional store of the same kind for validation loss (and ROUGE for fine-tuning)."""
+    """Optional store of the same kind for validation loss (and ROUGE for fine-tuning); None =
+    no validation."""
     tokenizer: str | None = None
-    """Tokenizer dir; defaults to model.init_from when that holds a tokenizer."""
+    """Tokenizer directory; None = model.init_from when that holds a tokenizer."""
     max_tokens: int = 4096
-    """Padded input tokens per micro-batch per process (the bucketing sampler's budget)."""
+    """Padded input tokens per micro-batch per process (the bucketing sampler's budget); at
+    least max_input_len, so that one longest example fits."""
     max_batch_size: int | None = None
+    """Most examples in one micro-batch, an int >= 1; None = only max_tokens limits it."""
     max_samples: int | None = None
-    """Train on the first N records only: profile the whole pipeline in a minute."""
+    """Train on the first N records only (an int >= 1): profile the whole pipeline in a
+    minute. None = every record."""
     num_workers: int = 0
+    """DataLoader worker processes per training process; 0 = load in the training process."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -250,19 +281,31 @@ class EvalConfig:
     """Periodic validation, and the generation settings of the exported model."""
 
     every: int = 0
-    """Validate every N optimizer steps (and at the end); 0 = only at the end."""
+    """Validate every N optimizer steps (and at the end), an int >= 0; 0 = only at the end."""
     generate_samples: int = 0
-    """Validation examples to generate for ROUGE (0 = loss only); the best ROUGE is kept."""
+    """Validation examples to generate for ROUGE, an int >= 0 (0 = loss only); the best
+    ROUGE-Lsum (else the lowest loss) is exported to OUT/best."""
     num_beams: int = 1
-    """Paper fine-tuning used 8; also written into the exported GenerationConfig."""
+    """Beams when generating, an int >= 1 (1 = greedy); paper fine-tuning used 8. Also written
+    into the exported GenerationConfig."""
     max_new_tokens: int = 64
+    """Most tokens generated per summary, an int >= 1; also in the exported
+    GenerationConfig."""
     length_penalty: float = 1.0
+    """Beam scores are divided by length**length_penalty (> 1 favours longer summaries); a
+    finite float. Also in the exported GenerationConfig."""
 
     def __post_init__(self) -> None:
         _check(self.every >= 0, "eval.every", self.every, ">= 0")
         _check(self.generate_samples >= 0, "eval.generate_samples", self.generate_samples, ">= 0")
         _check(self.num_beams >= 1, "eval.num_beams", self.num_beams, ">= 1")
         _check(self.max_new_tokens >= 1, "eval.max_new_tokens", self.max_new_tokens, ">= 1")
+        _check(
+            math.isfinite(self.length_penalty),
+            "eval.length_penalty",
+            self.length_penalty,
+            "a finite float",
+        )
 
 
 @dataclass
@@ -270,11 +313,15 @@ class CheckpointConfig:
     """What is written during the run and how often (not part of the resume fingerprint)."""
 
     save_every: int = 0
-    """`accelerator.save_state` every N optimizer steps; 0 = never."""
+    """Save a checkpoint (`OUT/checkpoints/step_NNNNNNNN`) every N optimizer steps, an int
+    >= 0; 0 = never (a SIGTERM still saves one)."""
     keep: int = 3
-    """Newest checkpoints kept; older ones are deleted."""
+    """Newest checkpoints kept, an int >= 1; older ones are deleted."""
     log_every: int = 10
+    """One log line and one OUT/metrics.jsonl row every N optimizer steps (and at the end); an
+    int >= 1."""
     log_with: Literal["tensorboard", "none"] = "tensorboard"
+    """Tracker for metrics: `tensorboard` (under OUT) or `none`."""
 
     def __post_init__(self) -> None:
         _check(self.save_every >= 0, "checkpoint.save_every", self.save_every, ">= 0")
@@ -304,17 +351,28 @@ class TrainConfig:
     """One training run (pretraining or fine-tuning)."""
 
     out_dir: str = "runs/default"
+    """Directory the run writes (config.yaml, metrics.jsonl, eval.jsonl, checkpoints/, model/,
+    best/); created if absent, and refused if it holds another run (unless --resume)."""
     seed: int = 0
+    """Seed of the data order, initialisation and dropout (each rank offsets it); an int
+    >= 0."""
     precision: Literal["auto", "bf16", "fp32", "fp16"] = "auto"
-    """`auto` = bf16 on CUDA, fp32 on CPU. fp16 is refused: PEGASUS overflows to NaN in it."""
+    """`auto` = bf16 on CUDA, fp32 on CPU; `bf16` or `fp32`. fp16 is refused: PEGASUS
+    overflows to NaN in it."""
     compile: bool = False
     """Wrap the model in torch.compile."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The model's shape or starting weights (`model.*` keys)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser, gradient clipping and accumulation (`optim.*` keys)."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Learning-rate schedule and run length (`schedule.*` keys)."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Stores, example building and batching (`data.*` keys)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """Validation and the exported generation settings (`eval.*` keys)."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoints and logging (`checkpoint.*` keys)."""
 
     def __post_init__(self) -> None:
         if self.precision == "fp16":
@@ -323,6 +381,7 @@ class TrainConfig:
                 "the loss turns NaN; use precision=bf16 (GPU) or fp32"
             )
         _check_choices(self, "")
+        _check(self.seed >= 0, "seed", self.seed, "an int >= 0")
         longest = max(self.data.max_input_len, self.data.max_target_len)
         if self.model.init_from is None:
             _check(

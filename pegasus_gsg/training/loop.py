@@ -3,11 +3,11 @@
 Read `train` top to bottom; it is a plain PyTorch loop around an `accelerate.Accelerator`:
 
     set up the Accelerator (bf16 on CUDA, fp32 on CPU; fp16 refused) and seeds
+    --resume: the checkpoint to continue from, refused if of another config (resume.py)
     batches:    token-budget, length-bucketed batches from the store, sharded by rank by the
-                sampler itself (so the DataLoader is NOT passed to accelerator.prepare, which
-                would shard it a second time); batches are moved to the device here
+                sampler itself (batches.py); batches are moved to the device here
     model, optimizer = accelerator.prepare(...)   # DDP on many processes
-    optional --resume: refuse a checkpoint of another config, then load_state
+    load_state from the checkpoint; logs cut back to its step
     loop over optimizer steps:
         take the next `grad_accum` micro-batches (the window), time the wait for them
         count real target tokens in the window, all-reduced over processes
@@ -18,8 +18,8 @@ Read `train` top to bottom; it is a plain PyTorch loop around an `accelerate.Acc
             clip, optimizer.step, scheduler.step, zero_grad   (acting only when sync_gradients)
         every log_every: `step 120/10000 | loss 3.41 | lr 2.9e-4 | 41k tok/s | data wait 3%`
         every eval.every: validation loss (+ generation and ROUGE; the best model is exported),
-                          one JSON row appended to OUT/eval.jsonl
-        every save_every: a checkpoint (complete or absent, see pegasus_gsg/checkpoint.py),
+                          one JSON row appended to OUT/eval.jsonl (validate.py)
+        every save_every: a checkpoint (complete or absent, see checkpoint.py),
                           keeping the newest `keep`
         on SIGTERM (all ranks agree at the next step): a checkpoint, then stop
     export the final model with save_pretrained (+ tokenizer + GenerationConfig)
@@ -28,16 +28,10 @@ Why normalise over the window: with token-budget batches the number of targets p
 varies a lot; averaging per micro-batch then averaging those would weight a batch of three long
 summaries like one of forty short ones. Sum over tokens / tokens in the window is the true mean.
 
-Exact resume: a checkpoint holds model, optimizer, scheduler, RNG states (accelerate) and the
-`TrainState` (step, epoch, batches consumed this epoch). The sampler's order is a pure function
-of (seed, epoch), so `set_epoch(epoch, start_batch=k)` gives the same next batch; the DataLoader
-gets its own torch.Generator so creating iterators never draws from the global RNG that dropout
-uses. The resumed run therefore reproduces the uninterrupted run's losses.
-
 Killed at any instant: every file the run writes is complete or absent (checkpoints, the
-exported `model/` and `best/`, `train_state.json`), and `--resume latest` takes the newest complete
-checkpoint and cuts `metrics.jsonl`/`eval.jsonl` back to its step, so the resumed run's rows
-follow on without a duplicate or a gap (pegasus_gsg/checkpoint.py has the rules).
+exported `model/` and `best/`, `train_state.json`; pegasus_gsg/files.py and checkpoint.py have
+the rules), and `--resume latest` continues exactly where the newest complete checkpoint left
+off (resume.py).
 
 SIGTERM (what SLURM and Kubernetes send before SIGKILL) does not kill the run: the step in
 progress finishes, a checkpoint is saved, and `train` returns with `stopped_by_signal` set (the
@@ -58,30 +52,27 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-import numpy as np
 import torch
-import torch.utils.data
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 from transformers.optimization import Adafactor
 
-from pegasus_gsg.data.collate import Seq2SeqCollator
-from pegasus_gsg.data.sampler import TokenBudgetBatchSampler
-from pegasus_gsg.data.vocab import IGNORE_INDEX, PAD_ID
-from pegasus_gsg.evaluation.rouge import generate, rouge_report
+from pegasus_gsg import files
+from pegasus_gsg.data.vocab import IGNORE_INDEX
 from pegasus_gsg.training import checkpoint as ckpt
-from pegasus_gsg.training.checkpoint import RUN_CONFIG_FILE
-from pegasus_gsg.training.config import OptimConfig, TrainConfig, describe_difference
+from pegasus_gsg.training.batches import TrainData, batch_stream, build_loader
+from pegasus_gsg.training.config import OptimConfig, TrainConfig
 from pegasus_gsg.training.model import Seq2SeqLossModel, export, generation_config
+from pegasus_gsg.training.resume import TrainState, cut_logs, resume_from
+from pegasus_gsg.training.validate import validate_and_keep_best
 
 logger = logging.getLogger(__name__)
 
@@ -89,333 +80,22 @@ EXIT_STOPPED_BY_SIGNAL = 128 + signal.SIGTERM
 """Exit status of an entry point whose run stopped on SIGTERM after saving a checkpoint."""
 
 
-@runtime_checkable
-class TrainData(Protocol):
-    """What `train` needs of a training set: examples and their (input + target) lengths."""
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, index: int) -> dict[str, Any]: ...
-
-    def lengths(self) -> np.ndarray: ...
-
-
-@runtime_checkable
-class EpochTrainData(TrainData, Protocol):
-    """A training set whose examples change from epoch to epoch (GSG pretraining re-draws
-    gap sentences), with the exact lengths of each epoch's draw."""
-
-    def epoch_lengths(self, epoch: int) -> np.ndarray: ...
-
-    def set_epoch(self, epoch: int) -> None: ...
-
-
-@dataclass
-class TrainState:
-    """Run state saved in every checkpoint (never in the config)."""
-
-    step: int = 0
-    """Optimizer steps taken."""
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    """Micro-batches this rank consumed in `epoch` (the same number on every rank)."""
-    best_metric: float | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    """Validation results so far."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
-
-
 @dataclass
 class TrainResult:
+    """What `train` returns: the trained model and where the run left its files."""
+
     model: Any
     """The trained `PegasusForConditionalGeneration` (unwrapped)."""
     state: TrainState
+    """The run state at the end (step, epoch, validation history, best score)."""
     out_dir: Path
+    """The run's `--out` directory (config.yaml, logs, checkpoints/)."""
     model_dir: Path
     """The exported final model (save_pretrained)."""
     best_dir: Path | None
+    """The exported best model by validation score; None without a validation set."""
     stopped_by_signal: bool = False
     """True when SIGTERM stopped the run early (after a checkpoint; `model_dir` not written)."""
-
-
-def check_precision(cfg: TrainConfig) -> str:
-    """Accelerate's mixed_precision value for `cfg`, refusing fp16 from any source.
-
-    Raises:
-        ValueError: fp16 asked for through `accelerate launch --mixed_precision fp16`/env, or
-            bf16 asked for on a machine without bf16 support.
-    """
-    if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "fp16":
-        raise ValueError(
-            "mixed precision fp16 (from accelerate launch / ACCELERATE_MIXED_PRECISION) is "
-            "refused: PEGASUS activations overflow float16 and the loss turns NaN; use bf16"
-        )
-    if cfg.precision == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if cfg.precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        raise ValueError("precision=bf16 but this GPU does not support bfloat16; use fp32")
-    return "bf16" if cfg.precision == "bf16" else "no"
-
-
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW (fused kernel where torch has one, else foreach) or the paper's Adafactor.
-
-    Weight decay applies to matrices only (not biases, LayerNorm scales or the logits bias).
-    """
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    if cfg.name == "adafactor":
-        return Adafactor(
-            groups,
-            lr=cfg.lr,
-            scale_parameter=False,
-            relative_step=False,
-            warmup_init=False,
-            clip_threshold=1.0,
-        )
-    try:
-        return torch.optim.AdamW(
-            groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True
-        )
-    except (RuntimeError, TypeError):  # no fused kernel for this device/dtype
-        return torch.optim.AdamW(
-            groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True
-        )
-
-
-def _lr_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig, max_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    name = {"constant": "constant_with_warmup"}.get(cfg.schedule.decay, cfg.schedule.decay)
-    scheduler: torch.optim.lr_scheduler.LRScheduler = get_scheduler(
-        name, optimizer, num_warmup_steps=cfg.schedule.warmup_steps, num_training_steps=max_steps
-    )
-    return scheduler
-
-
-def find_checkpoint(resume: str, out_dir: Path) -> Path | None:
-    """`latest` -> newest complete checkpoint under out_dir/checkpoints (None if there is none;
-    partial ones, left by a kill during a save, are named in a warning and stepped over).
-
-    Raises:
-        FileNotFoundError: an explicit checkpoint path that does not exist.
-    """
-    if resume != "latest":
-        path = Path(resume)
-        if not path.is_dir():
-            raise FileNotFoundError(f"--resume {path}: no such checkpoint directory")
-        return path
-    return ckpt.latest_checkpoint(out_dir / "checkpoints")
-
-
-def refuse_earlier_run(out_dir: Path) -> None:
-    """A fresh run (no --resume) must not start in a directory that holds another run: its
-    rows would be appended to the old run's logs, and a later `--resume latest` would pick
-    the old run's newer checkpoint.
-
-    Raises:
-        ValueError: out_dir has complete checkpoints or logged rows; says what to do instead.
-    """
-    found = [c.name for c in ckpt.complete_checkpoints(out_dir / "checkpoints", warn=False)]
-    found += [
-        name
-        for name in ("metrics.jsonl", "eval.jsonl")
-        if (out_dir / name).is_file() and (out_dir / name).stat().st_size > 0
-    ]
-    if found:
-        raise ValueError(
-            f"--out {out_dir} already holds a run ({', '.join(found)}): continue it with "
-            "--resume latest, or start afresh in a new --out (or delete this one)"
-        )
-
-
-def check_resume_config(checkpoint: Path, cfg: TrainConfig) -> None:
-    """Refuse a checkpoint written under a different training configuration.
-
-    Raises:
-        ValueError: no run config in the checkpoint, or fields that differ (named).
-    """
-    saved_file = checkpoint / RUN_CONFIG_FILE
-    if not saved_file.is_file():
-        raise ValueError(
-            f"--resume {checkpoint}: no {RUN_CONFIG_FILE}; not a checkpoint of this trainer"
-        )
-    saved = json.loads(saved_file.read_text())
-    current = cfg.fingerprint_dict()
-    if saved != current:
-        raise ValueError(
-            f"--resume {checkpoint}: the checkpoint was written with a different config "
-            f"({describe_difference(saved, current)}); resume with the same settings or start "
-            "a new run"
-        )
-
-
-def _batch_stream(
-    loader: torch.utils.data.DataLoader[Any],
-    sampler: TokenBudgetBatchSampler,
-    dataset: TrainData,
-    state: TrainState,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Micro-batches forever, epoch after epoch, keeping `state`'s position up to date."""
-    while True:
-        sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
-        if isinstance(dataset, EpochTrainData):
-            dataset.set_epoch(state.epoch)
-        for batch in loader:
-            state.batch_in_epoch += 1
-            yield batch
-        state.epoch += 1
-        state.batch_in_epoch = 0
-
-
-def _label_keys(batch: dict[str, torch.Tensor]) -> list[str]:
-    return sorted(k for k in batch if k.endswith("labels"))
-
-
-def _fmt_count(x: float) -> str:
-    return f"{x / 1e6:.1f}M" if x >= 1e6 else f"{x / 1e3:.0f}k" if x >= 1e3 else f"{x:.0f}"
-
-
-def _shard(n: int, accelerator: Accelerator) -> list[int]:
-    return list(range(accelerator.process_index, n, accelerator.num_processes))
-
-
-@torch.no_grad()
-def validation_loss(
-    model: Seq2SeqLossModel,
-    dataset: TrainData,
-    cfg: TrainConfig,
-    accelerator: Accelerator,
-) -> float:
-    """Mean target-token loss over the whole validation set (each rank scores its own share)."""
-    model.eval()
-    shard = _shard(len(dataset), accelerator)
-    sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    if shard:
-        subset: torch.utils.data.Subset[Any] = torch.utils.data.Subset(
-            dataset,  # type: ignore[arg-type]  # map-style by the TrainData protocol
-            shard,
-        )
-        sampler = TokenBudgetBatchSampler(
-            np.asarray(dataset.lengths())[shard],
-            max_tokens=cfg.data.max_tokens,
-            max_batch_size=cfg.data.max_batch_size,
-            shuffle=False,
-        )
-        loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
-            subset, batch_sampler=sampler, collate_fn=Seq2SeqCollator(PAD_ID)
-        )
-        for batch in loader:
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            with accelerator.autocast():
-                losses = model(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    labels=batch["labels"],
-                )
-            sums[0] += losses["labels"].double()
-            sums[1] += (batch["labels"] != IGNORE_INDEX).sum()
-    sums = accelerator.reduce(sums, reduction="sum")
-    model.train()
-    return float(sums[0] / sums[1].clamp(min=1))
-
-
-@torch.no_grad()
-def validation_rouge(
-    model: Seq2SeqLossModel,
-    tokenizer: Any,
-    dataset: TrainData,
-    cfg: TrainConfig,
-    accelerator: Accelerator,
-) -> dict[str, float]:
-    """Generate for the first `eval.generate_samples` validation examples; ROUGE vs labels."""
-    model.eval()
-    n = min(cfg.eval.generate_samples, len(dataset))
-    shard = _shard(n, accelerator)
-    items = [dataset[i] for i in shard]
-    predictions = generate(
-        model.model,
-        [it["input_ids"] for it in items],
-        generation_config(cfg.eval),
-        max_tokens=cfg.data.max_tokens,
-        device=accelerator.device,
-    )
-    local = [
-        (
-            i,
-            tokenizer.decode(p, skip_special_tokens=True),
-            tokenizer.decode(it["labels"], skip_special_tokens=True),
-        )
-        for i, p, it in zip(shard, predictions, items, strict=True)
-    ]
-    rows = sorted(gather_object(local))
-    model.train()
-    report = rouge_report([r[1] for r in rows], [r[2] for r in rows], bootstrap_samples=0)
-    return {name: score.mid for name, score in report.items()}
-
-
-def build_loader(
-    cfg: TrainConfig, train_set: TrainData, accelerator: Accelerator
-) -> tuple[TokenBudgetBatchSampler, torch.utils.data.DataLoader[Any]]:
-    """This rank's token-budget batch sampler over `train_set`, and the DataLoader around it.
-
-    Raises:
-        ValueError: fewer batches per process than `optim.grad_accum`.
-    """
-    n = cfg.data.max_samples  # the sampler only ever draws indices < N
-    lengths: np.ndarray | Callable[[int], np.ndarray]
-    if isinstance(train_set, EpochTrainData):
-        # Pretraining: gap sentences (hence input lengths) may be re-drawn every epoch; exact
-        # per-epoch lengths keep batches inside the token budget (data.py, epoch_lengths).
-        def lengths(epoch: int) -> np.ndarray:
-            return np.asarray(train_set.epoch_lengths(epoch))[:n]
-    else:
-        lengths = np.asarray(train_set.lengths())[:n]
-    sampler = TokenBudgetBatchSampler(
-        lengths,
-        max_tokens=cfg.data.max_tokens,
-        max_batch_size=cfg.data.max_batch_size,
-        shuffle=True,
-        seed=cfg.seed,
-        num_replicas=accelerator.num_processes,
-        rank=accelerator.process_index,
-        # Every rank must see disjoint examples; repeating batches to even out would not be.
-        drop_last=accelerator.num_processes > 1,
-    )
-    if sampler.batches_per_epoch < cfg.optim.grad_accum:
-        raise ValueError(
-            f"data.train: {sampler.num_examples} examples give {sampler.batches_per_epoch} "
-            "batches per "
-            f"process, fewer than optim.grad_accum={cfg.optim.grad_accum}; add data or lower "
-            "data.max_tokens"
-        )
-    loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
-        train_set,  # type: ignore[arg-type]  # a map-style dataset by the TrainData protocol
-        batch_sampler=sampler,
-        collate_fn=Seq2SeqCollator(PAD_ID),
-        num_workers=cfg.data.num_workers,
-        pin_memory=torch.cuda.is_available(),
-        # Own generator: making an iterator must not draw from the global RNG (exact resume).
-        generator=torch.Generator().manual_seed(cfg.seed),
-        worker_init_fn=_ignore_sigterm if cfg.data.num_workers > 0 else None,
-    )
-    return sampler, loader
-
-
-def _ignore_sigterm(worker_id: int) -> None:
-    """DataLoader workers outlive a SIGTERM sent to every process of the job (SLURM does that),
-    so that their rank can finish its step and save; the rank shuts them down itself."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def train(
@@ -451,16 +131,10 @@ def train(
         step_scheduler_with_optimizer=False,
     )
     set_seed(cfg.seed, device_specific=True)  # different dropout per rank, same every run
-    checkpoint = find_checkpoint(resume, out_dir) if resume else None
-    if checkpoint is not None:
-        check_resume_config(checkpoint, cfg)
-    elif resume:
-        logger.info("--resume latest: no checkpoint under %s yet; starting from step 0", out_dir)
-    else:
-        refuse_earlier_run(out_dir)
+    checkpoint = resume_from(resume, out_dir, cfg)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        with ckpt.atomic_file(out_dir / "config.yaml") as tmp:
+        with files.atomic_file(out_dir / "config.yaml") as tmp:
             cfg.save(tmp)
 
     sampler, loader = build_loader(cfg, train_set, accelerator)
@@ -489,9 +163,7 @@ def train(
             state.batch_in_epoch,
         )
     if resume and accelerator.is_main_process:
-        # Rows the killed run wrote after its checkpoint are written again from here.
-        for log in (metrics_file, eval_file):
-            ckpt.truncate_log(log, state.step)
+        cut_logs((metrics_file, eval_file), state.step)  # rows after it are written again
     if cfg.checkpoint.log_with != "none":  # trackers live on the main process only
         hparams = {
             k: v if isinstance(v, (int, float, str, bool)) else str(v)
@@ -500,9 +172,8 @@ def train(
         accelerator.init_trackers("tensorboard", config=hparams)
 
     unwrapped: Seq2SeqLossModel = accelerator.unwrap_model(model)
-    gen = generation_config(cfg.eval)
     best_dir = out_dir / "best" if val_set is not None else None
-    batches = _batch_stream(loader, sampler, train_set, state)
+    batches = batch_stream(loader, sampler, train_set, state)
     profiler = _profiler(out_dir) if profile and accelerator.is_main_process else None
     saved_step = state.step if checkpoint is not None else None
 
@@ -610,10 +281,10 @@ def train(
     model_dir = out_dir / "model"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        staging = ckpt.fresh_staging_dir(model_dir)
-        export(unwrapped.model, tokenizer, staging, gen)
-        ckpt.replace_dir(staging, model_dir)
-        ckpt.write_text_atomic(
+        staging = files.fresh_staging_dir(model_dir)
+        export(unwrapped.model, tokenizer, staging, generation_config(cfg.eval))
+        files.replace_dir(staging, model_dir)
+        files.write_text_atomic(
             out_dir / "train_state.json", json.dumps(state.state_dict(), indent=2)
         )
     accelerator.end_training()
@@ -622,44 +293,86 @@ def train(
     )
 
 
-def validate_and_keep_best(
-    model: Seq2SeqLossModel,
-    tokenizer: Any,
-    val_set: TrainData,
-    cfg: TrainConfig,
-    accelerator: Accelerator,
-    state: TrainState,
-    eval_file: Path,
-    best_dir: Path,
-) -> dict[str, float]:
-    """Validation loss (+ ROUGE with `eval.generate_samples`), logged and appended to
-    `eval_file`; a new best (ROUGE-Lsum when generating, else minus the loss) is exported to
-    `best_dir` (with its `eval.json`)."""
-    result: dict[str, float] = {
-        "step": state.step,
-        "val_loss": validation_loss(model, val_set, cfg, accelerator),
-    }
-    if cfg.eval.generate_samples:
-        result.update(validation_rouge(model, tokenizer, val_set, cfg, accelerator))
-    # Higher is better: ROUGE-Lsum when generating, else minus the loss.
-    metric = result.get("rougeLsum", -result["val_loss"])
-    state.history.append(result)
-    if accelerator.is_main_process:
-        ckpt.append_line(eval_file, result)
-    accelerator.log({f"val/{k}": v for k, v in result.items() if k != "step"}, step=state.step)
-    logger.info(
-        "eval step %d | %s",
-        state.step,
-        " | ".join(f"{k} {v:.4g}" for k, v in result.items() if k != "step"),
+def check_precision(cfg: TrainConfig) -> str:
+    """Accelerate's mixed_precision value for `cfg`, refusing fp16 from any source.
+
+    Raises:
+        ValueError: fp16 asked for through `accelerate launch --mixed_precision fp16`/env, or
+            bf16 asked for on a machine without bf16 support.
+    """
+    if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "fp16":
+        raise ValueError(
+            "mixed precision fp16 (from accelerate launch / ACCELERATE_MIXED_PRECISION) is "
+            "refused: PEGASUS activations overflow float16 and the loss turns NaN; use bf16"
+        )
+    if cfg.precision == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if cfg.precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ValueError("precision=bf16 but this GPU does not support bfloat16; use fp32")
+    return "bf16" if cfg.precision == "bf16" else "no"
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW (fused kernel where torch has one, else foreach) or the paper's Adafactor.
+
+    Weight decay applies to matrices only (not biases, LayerNorm scales or the logits bias).
+    """
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.name == "adafactor":
+        return Adafactor(
+            groups,
+            lr=cfg.lr,
+            scale_parameter=False,
+            relative_step=False,
+            warmup_init=False,
+            clip_threshold=1.0,
+        )
+    try:
+        return torch.optim.AdamW(
+            groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True
+        )
+    except (RuntimeError, TypeError):  # no fused kernel for this device/dtype
+        return torch.optim.AdamW(
+            groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True
+        )
+
+
+def _lr_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, max_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    name = {"constant": "constant_with_warmup"}.get(cfg.schedule.decay, cfg.schedule.decay)
+    scheduler: torch.optim.lr_scheduler.LRScheduler = get_scheduler(
+        name, optimizer, num_warmup_steps=cfg.schedule.warmup_steps, num_training_steps=max_steps
     )
-    if state.best_metric is None or metric > state.best_metric:
-        state.best_metric = metric
-        if accelerator.is_main_process:
-            staging = ckpt.fresh_staging_dir(best_dir)
-            export(model.model, tokenizer, staging, generation_config(cfg.eval))
-            (staging / "eval.json").write_text(json.dumps(result, indent=2))
-            ckpt.replace_dir(staging, best_dir)
-    return result
+    return scheduler
+
+
+def _label_keys(batch: dict[str, torch.Tensor]) -> list[str]:
+    return sorted(k for k in batch if k.endswith("labels"))
+
+
+def save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, out_dir: Path, step: int) -> Path:
+    """Every rank saves into a staging directory; once all have, the main process writes the
+    run config and renames it to `checkpoints/step_NNNNNNNN`, then prunes to the newest
+    `checkpoint.keep` (checkpoint.py)."""
+    root = out_dir / "checkpoints"
+    staging = files.staging_dir(root / ckpt.checkpoint_name(step))
+    if accelerator.is_main_process:
+        ckpt.start_checkpoint(root, step)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()  # every rank's files are in staging
+    final = root / ckpt.checkpoint_name(step)
+    if accelerator.is_main_process:
+        ckpt.publish_checkpoint(staging, cfg.fingerprint_dict(), cfg.checkpoint.keep)
+        logger.info("saved checkpoint %s", final)
+    accelerator.wait_for_everyone()
+    return final
 
 
 class _StopOnSigterm:
@@ -762,23 +475,8 @@ def _any_rank(flag: bool, accelerator: Accelerator) -> bool:
     return bool(total > 0)
 
 
-def save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, out_dir: Path, step: int) -> Path:
-    """Every rank saves into a staging directory; once all have, the main process writes the
-    run config and renames it to `checkpoints/step_NNNNNNNN`, then prunes to the newest
-    `checkpoint.keep` (pegasus_gsg/checkpoint.py)."""
-    root = out_dir / "checkpoints"
-    staging = ckpt.staging_dir(root / ckpt.checkpoint_name(step))
-    if accelerator.is_main_process:
-        ckpt.start_checkpoint(root, step)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()  # every rank's files are in staging
-    final = root / ckpt.checkpoint_name(step)
-    if accelerator.is_main_process:
-        ckpt.publish_checkpoint(staging, cfg.fingerprint_dict(), cfg.checkpoint.keep)
-        logger.info("saved checkpoint %s", final)
-    accelerator.wait_for_everyone()
-    return final
+def _fmt_count(x: float) -> str:
+    return f"{x / 1e6:.1f}M" if x >= 1e6 else f"{x / 1e3:.0f}k" if x >= 1e3 else f"{x:.0f}"
 
 
 def _profiler(out_dir: Path) -> torch.profiler.profile:
