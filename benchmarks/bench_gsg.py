@@ -213,7 +213,9 @@ def main() -> int:
         results[label] = rows
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        from pegasus_gsg.files import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(results, indent=2))
     return 0
 
 

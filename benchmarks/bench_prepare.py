@@ -110,10 +110,9 @@ def main() -> int:
     if not source.exists():
         print(f"{source} not found", file=sys.stderr)
         return 1
-    docs = []
-    with source.open(encoding="utf-8") as f:
-        for line in f:
-            docs.append(json.loads(line)["text"])
+    from pegasus_gsg.data.jsonl import read_jsonl
+
+    docs = [record["text"] for _, record in read_jsonl(source, required=("text",))]
     work = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     try:
         tokenizer = args.tokenizer
@@ -190,7 +189,10 @@ def main() -> int:
         }
         print(f"per file (bytes/token): {per_file}")
         if args.json:
-            args.json.write_text(
+            from pegasus_gsg.files import write_text_atomic
+
+            write_text_atomic(
+                args.json,
                 json.dumps(
                     {
                         "median_seconds": med,
@@ -202,7 +204,7 @@ def main() -> int:
                         "cpu_seconds": cpu,
                     },
                     indent=2,
-                )
+                ),
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

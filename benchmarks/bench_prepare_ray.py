@@ -125,14 +125,11 @@ def main() -> int:
     try:
         tokenizer = args.tokenizer
         if tokenizer is None:
+            from pegasus_gsg.data.jsonl import read_jsonl
             from pegasus_gsg.data.tokenization import train_tokenizer
 
-            docs = []
-            with source.open(encoding="utf-8") as f:
-                for line in f:
-                    docs.append(json.loads(line)["text"])
-                    if len(docs) == 5000:
-                        break
+            records = read_jsonl(source, required=("text",))
+            docs = [record["text"] for (_, record), _ in zip(records, range(5000), strict=False)]
             tokenizer = work / "tokenizer"
             train_tokenizer(docs, 16_000, tokenizer)
         start = time.perf_counter()
@@ -202,7 +199,9 @@ def main() -> int:
         f"{results['c4_core_hours_by_cpu_tokens']:,.0f} by tokens"
     )
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        from pegasus_gsg.files import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(results, indent=2))
     return 0 if results["checksums_equal"] else 1
 
 

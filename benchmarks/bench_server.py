@@ -492,7 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers.values():
             server.stop()
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        from pegasus_gsg.files import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(results, indent=2))
     return 0
 
 

@@ -9,8 +9,8 @@ All of reuters21578_en is prepared (one store, `prepare pretrain`) with
   `pegasus_gsg.data.tokenization.train_tokenizer` on every text field of every corpus in
   ../shared/data
   (`--train96 DIR`; ~137k texts, 56M characters), stored with the split17 codec (low 16 bits
-  per token, positions of the ids with bit 16 set apart; store.py) and, as today's store, with
-  uint32 ids;
+  per token, positions of the ids with bit 16 set apart; data/store/format.py) and, as
+  today's store, with uint32 ids;
 - 16k: a 16,000-id tokenizer trained on the first 5,000 Reuters documents (uint16, unchanged).
 
 Reported per store: bytes/token of the ids (tokens.npy, for split17 + high_tokens, record_high) and
@@ -202,7 +202,9 @@ def main() -> int:
         f"{alt['17-bit packing']:.3f}; {alt['distinct ids used']:,} ids used"
     )
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        from pegasus_gsg.files import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(results, indent=2))
     return 0
 
 

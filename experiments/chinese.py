@@ -43,6 +43,7 @@ from experiments.pipeline import (
     setup_logging,
     write_jsonl,
 )
+from pegasus_gsg.files import write_text_atomic
 
 logger = logging.getLogger("chinese")
 
@@ -98,7 +99,7 @@ def build_data(plan: Plan, out: Path) -> dict[str, Any]:
         "train_sample": plan.train_pairs,
         "test_sample": plan.test_size,
     }
-    summary.write_text(json.dumps(counts, indent=2))
+    write_text_atomic(summary, json.dumps(counts, indent=2))
     return counts
 
 
@@ -180,7 +181,7 @@ def run(plan: Plan) -> dict[str, Any]:
         "this_invocation_seconds": round(time.time() - started, 1),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (out / "results.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    write_text_atomic(out / "results.json", json.dumps(report, indent=2, ensure_ascii=False))
     tables = write_tables(report, out / "tables.md")
     plan.docs.mkdir(parents=True, exist_ok=True)
     from pegasus_gsg.evaluation.report import plot_curves, read_metric
@@ -212,7 +213,7 @@ def write_tables(report: dict[str, Any], path: Path) -> str:
         + "\n",
     ]
     text = "\n".join(parts)
-    path.write_text(text, encoding="utf-8")
+    write_text_atomic(path, text)
     return text
 
 

@@ -42,7 +42,13 @@ from experiments.pipeline import (
     setup_logging,
     write_jsonl,
 )
-from pegasus_gsg.files import fresh_staging_dir, remove_tree, replace_dir
+from pegasus_gsg.files import (
+    atomic_file,
+    fresh_staging_dir,
+    remove_tree,
+    replace_dir,
+    write_text_atomic,
+)
 
 logger = logging.getLogger("dialogsum_curve")
 
@@ -159,7 +165,8 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"DialogSum test (first {report['test_dialogues']}): ROUGE vs fine-tuning time")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -184,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"dialogsum_curve: error: {err}", file=sys.stderr)
         return 1
-    (plan.docs / f"curve_{args.run}.json").write_text(json.dumps(report, indent=2))
+    write_text_atomic(plan.docs / f"curve_{args.run}.json", json.dumps(report, indent=2))
     plot(report, plan.docs / f"curve_{args.run}.png")
     rows = [
         f"step {pt['step']:>5} {pt['minutes']:5.1f} min: "

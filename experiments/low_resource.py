@@ -56,6 +56,7 @@ from experiments.pipeline import (
     setup_logging,
     write_jsonl,
 )
+from pegasus_gsg.files import atomic_file, write_text_atomic
 
 logger = logging.getLogger("low_resource")
 
@@ -160,7 +161,7 @@ def build_data(plan: Plan, out: Path) -> dict[str, Any]:
             "dropped_empty": pairs.empty,
             "test_sample": plan.test_size,
         }
-        summary.write_text(json.dumps(counts[name], indent=2))
+        write_text_atomic(summary, json.dumps(counts[name], indent=2))
     return counts
 
 
@@ -265,7 +266,7 @@ def run(plan: Plan) -> dict[str, Any]:
         "this_invocation_seconds": round(time.time() - started, 1),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (out / "results.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    write_text_atomic(out / "results.json", json.dumps(report, indent=2, ensure_ascii=False))
     tables = write_tables(report, out / "tables.md")
     plan.docs.mkdir(parents=True, exist_ok=True)
     plot_results(results, plan.docs / "low_resource.png")
@@ -301,7 +302,7 @@ def write_tables(report: dict[str, Any], path: Path) -> str:
         + "\n"
     )
     text = "\n".join(parts)
-    path.write_text(text)
+    write_text_atomic(path, text)
     return text
 
 
@@ -342,7 +343,8 @@ def plot_results(results: list[dict[str, Any]], out_png: Path) -> Path:
             ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
+    with atomic_file(out_png) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return out_png
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from pegasus_gsg.data.pairs import DedupedPairs
 from pegasus_gsg.data.pairs import dedup_pairs as _dedup_pairs
+from pegasus_gsg.files import atomic_file, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +102,9 @@ class StageRunner:
                 except subprocess.TimeoutExpired:
                     # Seconds this stage has used over all attempts, at most one heartbeat
                     # stale even after a kill -9 of this script: what a resumed run has left.
-                    ledger.write_text(f"{before + time.perf_counter() - start:.1f}")
+                    write_text_atomic(ledger, f"{before + time.perf_counter() - start:.1f}")
         seconds = time.perf_counter() - start
-        ledger.write_text(f"{before + seconds:.1f}")
+        write_text_atomic(ledger, f"{before + seconds:.1f}")
         if code != 0:
             raise RuntimeError(f"stage {name} failed with exit {code}: {line} (see {log})")
         record = {
@@ -113,7 +114,7 @@ class StageRunner:
             "seconds_all_attempts": round(before + seconds, 1),
             "end": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        (self.out / "done" / f"{name}.json").write_text(json.dumps(record, indent=2))
+        write_text_atomic(self.out / "done" / f"{name}.json", json.dumps(record, indent=2))
         logger.info("done %s in %.0f s", name, seconds)
         self.records.append(record)
         return record
@@ -227,13 +228,11 @@ def seeded_sample(rows: Sequence[Any], n: int, seed: int) -> list[Any]:
 
 
 def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write rows atomically (temp file + rename), so a half-written file never looks done."""
+    """Write rows as JSON lines, whole or not at all, so a half-written file never looks done."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return path
 
 

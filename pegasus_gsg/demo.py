@@ -36,7 +36,6 @@ from pegasus_gsg.data.jsonl import read_jsonl
 from pegasus_gsg.data.pairs import dedup_pairs
 from pegasus_gsg.evaluation.report import markdown_table, plot_curves, plot_rouge_bars, read_metric
 from pegasus_gsg.files import (
-    atomic_file,
     fresh_staging_dir,
     remove_tree,
     replace_dir,
@@ -507,20 +506,18 @@ def write_report(result: DemoResult, opts: DemoOptions) -> Path:
     ]
     val = out / "finetune" / "eval.jsonl"
     val_curve = read_metric(val, "val_loss", "fine-tune (validation loss)")
-    with atomic_file(out / "loss.png") as png:
-        plot_curves(
-            [*curves, *([val_curve] if val_curve.steps else [])],
-            png,
-            title="Training loss",
-            ylabel="cross-entropy per target token",
-        )
+    plot_curves(
+        [*curves, *([val_curve] if val_curve.steps else [])],
+        out / "loss.png",
+        title="Training loss",
+        ylabel="cross-entropy per target token",
+    )
     lead = f"first {LEAD_WORDS} words of the email"
     bars = {
         name: {k: (v["mid"], v["low"], v["high"]) for k, v in scores.items()}
         for name, scores in (("fine-tuned model", result.rouge), (lead, result.baseline))
     }
-    with atomic_file(out / "rouge.png") as png:
-        plot_rouge_bars(bars, png, title=f"ROUGE on held-out {opts.pairs} pairs")
+    plot_rouge_bars(bars, out / "rouge.png", title=f"ROUGE on held-out {opts.pairs} pairs")
     stage_rows = [(s.name, f"{s.seconds:.0f} s", s.figure) for s in result.stages]
 
     def cell(v: dict[str, float]) -> str:

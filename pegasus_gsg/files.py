@@ -50,16 +50,16 @@ def temp_path(path: Path) -> Path:
 
 def fsync_file(path: Path) -> None:
     """Flush a written file's data to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(path)
 
 
 def fsync_dir(path: Path) -> None:
     """Flush a directory's entries (a rename or a new file in it) to disk."""
-    fd = os.open(path, os.O_RDONLY)
+    _fsync(path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # a directory opens read-only too
     try:
         os.fsync(fd)
     finally:

@@ -16,6 +16,7 @@ DATA="$(cd "${PEGASUS_GSG_DATA:-../shared/data}" && pwd)"
 WORK="$(mktemp -d /tmp/pegasus-gsg-wheel.XXXXXX)"
 server_pid=""
 cleanup() {
+    rm -rf "$REPO/build"
     if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
     rm -rf "$WORK"
 }
@@ -24,6 +25,7 @@ started=$SECONDS
 step() { echo "wheel_smoke: [$((SECONDS - started)) s] $*"; }
 
 step "building the wheel"
+rm -rf "$REPO/build"  # setuptools keeps build/lib between builds: a removed module would ship
 "$REPO/.venv/bin/python" -m pip wheel --quiet --no-deps --no-build-isolation -w "$WORK/dist" "$REPO" 2>&1 \
     | grep -v -e '^ ' -e '^!!' -e '^\*\*' -e '^$' || true
 wheel=$(ls "$WORK"/dist/pegasus_gsg-*.whl)

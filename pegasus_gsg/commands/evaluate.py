@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
 
     from pegasus_gsg.evaluation.rouge import format_table, generate, rouge_report
-    from pegasus_gsg.training.checkpoint import atomic_file, write_text_atomic
+    from pegasus_gsg.files import atomic_file, write_text_atomic
 
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():

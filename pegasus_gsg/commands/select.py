@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
 from pegasus_gsg.commands._selection import add_selection_arguments, selection_options
 from pegasus_gsg.core.gsg import SelectionOptions, select_text
 from pegasus_gsg.data.jsonl import STDIN, iter_jsonl_texts
+from pegasus_gsg.files import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +69,6 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.reconfigure(encoding="utf-8")  # documents may hold any script
         _write_all(args, options, sys.stdout)
         return 0
-    target = Path(args.output)
-    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            _write_all(args, options, out)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(Path(args.output)) as tmp, tmp.open("w", encoding="utf-8") as out:
+        _write_all(args, options, out)
     return 0

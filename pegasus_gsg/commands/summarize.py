@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pegasus_gsg.data.jsonl import read_jsonl
+from pegasus_gsg.files import write_text_atomic
 
 if TYPE_CHECKING:
     import grpc
@@ -80,18 +81,10 @@ def read_records(path: Path, field: str) -> list[tuple[int, dict[str, Any]]]:
     """(line number, record) for every non-blank line; raises ValueError naming the bad line."""
     if not path.is_file():
         raise FileNotFoundError(f"input file {path} does not exist")
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                raise ValueError(f"{path}:{number}: expected an object with a string {field!r}")
-            records.append((number, record))
+    records = list(read_jsonl(path, skip_blank=True))
+    for number, record in records:
+        if not isinstance(record.get(field), str):
+            raise ValueError(f"{path}:{number}: expected an object with a string {field!r}")
     if not records:
         raise ValueError(f"{path}: no records")
     return records
@@ -149,7 +142,7 @@ def _run_file(client: SummarizerClient, args: argparse.Namespace, options: dict[
             else:
                 rows.append(line)
     if args.output is not None:
-        _write_atomically(args.output, "".join(rows))
+        write_text_atomic(args.output, "".join(rows))
     if failed:
         print(
             f"pegasus-gsg summarize: {failed} of {len(records)} records failed (see above)",
@@ -157,18 +150,6 @@ def _run_file(client: SummarizerClient, args: argparse.Namespace, options: dict[
         )
         return 1
     return 0
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Temp file + rename: a reader never sees a half-written file under the real name."""
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, suffix=".partial")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """Torch datasets over the token store: GSG pretraining examples built at batch time, and
 fine-tuning pairs.
 
-The store (store.py) holds, per pretraining document, the token ids of every sentence and the
+The store (data/store/) holds, per pretraining document, the token ids of every sentence and the
 document's GSG ranking. ``PretrainingDataset.__getitem__`` turns one record into one example
 exactly as shared/GSG.md §4 says, at the moment the batch is drawn:
 

@@ -31,14 +31,13 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 from pegasus_gsg.evaluation.generation import GenerationOptions
+from pegasus_gsg.files import remove_stale_temps, replace_dir, temp_path
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +172,11 @@ def convert(
         raise ValueError(f"output directory {out_dir} exists and is not empty")
     ct2 = _ctranslate2()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    remove_stale_temps(out_dir.parent)  # conversions of this host's killed processes
+    # Named for this process: two processes may convert the same model into one cache at once.
+    tmp = temp_path(out_dir)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process that had this pid
+    tmp.mkdir()
     try:
         copy = [name for name in _COPIED if (model_dir / name).is_file()]
         converter = _converter_class()(str(model_dir), copy_files=copy)
@@ -211,8 +214,13 @@ def convert(
             manifest["verified_max_logprob_diff"] = diff
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
-        os.replace(tmp, out_dir)
+            if any(out_dir.iterdir()):
+                raise ValueError(
+                    f"output directory {out_dir} was filled by another writer during this "
+                    "conversion"
+                )
+            out_dir.rmdir()
+        replace_dir(tmp, out_dir)  # flushes every file first
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

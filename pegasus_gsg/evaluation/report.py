@@ -3,11 +3,11 @@
 Used by `pegasus-gsg demo` and the experiment scripts. Training runs write one JSON object per
 log interval to `OUT/metrics.jsonl` and one per validation to `OUT/eval.jsonl` (training/loop.py);
 this module only reads those files, so a report can be rebuilt from a finished run at any time.
+A plot is written whole or not at all (pegasus_gsg.files).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +17,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from pegasus_gsg.data.jsonl import read_jsonl
+from pegasus_gsg.files import atomic_file
 
 
 @dataclass
@@ -38,17 +42,10 @@ def read_metric(metrics_file: str | Path, key: str, label: str | None = None) ->
     path = Path(metrics_file)
     steps: list[int] = []
     values: list[float] = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no}: not JSON ({err.msg})") from None
-            if key in row and "step" in row:
-                steps.append(int(row["step"]))
-                values.append(float(row[key]))
+    for _, row in read_jsonl(path, skip_blank=True):
+        if key in row and "step" in row:
+            steps.append(int(row["step"]))
+            values.append(float(row[key]))
     return Curve(label or path.parent.name, steps, values)
 
 
@@ -71,10 +68,7 @@ def plot_curves(curves: Sequence[Curve], out_png: str | Path, *, title: str, yla
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(out_png)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, Path(out_png))
 
 
 def plot_rouge_bars(
@@ -107,10 +101,7 @@ def plot_rouge_bars(
     if len(names) > 1:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out_png)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, Path(out_png))
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -124,3 +115,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _save(fig: Figure, out: Path) -> Path:
+    """Write `fig` to `out` whole (the temporary name keeps `.png`, which savefig reads)."""
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)
+    return out

@@ -12,7 +12,8 @@ killer, a time limit), including in the middle of writing a checkpoint. The rule
   `.trash-*` so that a kill during the deletion never leaves a half-deleted `step_*` behind.
 - Whole output directories (the exported `model/`, `best/`) are written under a temporary name
   and swapped into place (`replace_dir`); single files (`train_state.json`, reports) are written
-  to a temporary file and `os.replace`d (`write_text_atomic`).
+  to a temporary file and `os.replace`d (`write_text_atomic`). Those mechanics live in
+  `pegasus_gsg.files`; this module holds what is particular to checkpoints.
 - Logs (`metrics.jsonl`, `eval.jsonl`) are appended one whole line per `write` call. On resume
   they are cut back to the rows up to the checkpoint's step (`truncate_log`), which drops a
   torn last line and the rows the killed run wrote after its last checkpoint, so the resumed
@@ -30,100 +31,29 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pegasus_gsg.data.store import fsync_dir
+from pegasus_gsg.files import (
+    TMP_PREFIX,
+    TRASH_PREFIX,
+    fresh_staging_dir,
+    remove_tree,
+    replace_dir,
+    write_text_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step_"
 RUN_CONFIG_FILE = "run_config.json"
 """Written into every checkpoint, last: the fingerprinted config a resume must match."""
-TMP_PREFIX = ".tmp-"
-TRASH_PREFIX = ".trash-"
 _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d{{8}})$")
 
 
 def checkpoint_name(step: int) -> str:
     """`step_00000042` for step 42 (names sort in step order)."""
     return f"{CHECKPOINT_PREFIX}{step:08d}"
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every file under `root`, then the directories, to disk."""
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            fd = os.open(Path(dirpath) / name, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(dirpath))
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a directory so that a kill midway never leaves a partial copy under its name."""
-    if not path.exists():
-        return
-    trash = path.with_name(f"{TRASH_PREFIX}{path.name}")
-    if trash.exists():
-        shutil.rmtree(trash)
-    os.rename(path, trash)
-    shutil.rmtree(trash)
-
-
-def staging_dir(final: Path) -> Path:
-    """Where `final` is written before it is complete (same directory, so rename is atomic)."""
-    return final.with_name(f"{TMP_PREFIX}{final.name}")
-
-
-def fresh_staging_dir(final: Path) -> Path:
-    """An empty staging directory for `final` (a stale one from a killed run is removed)."""
-    staging = staging_dir(final)
-    if staging.exists():
-        logger.warning("removing %s, left by a run killed while writing it", staging)
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    return staging
-
-
-def replace_dir(staging: Path, final: Path) -> None:
-    """Move the complete directory `staging` to `final`, replacing what was there.
-
-    Between the two renames `final` is briefly absent, never partial.
-    """
-    _fsync_tree(staging)
-    if final.exists():
-        remove_tree(final)
-    os.rename(staging, final)
-    fsync_dir(final.parent)
-
-
-@contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; once the block has written it, flush it and
-    `os.replace` it onto `path` (a failure or kill inside the block leaves `path` as it was)."""
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")  # keeps the extension
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `path` completely or not at all (temporary file, fsync, `os.replace`)."""
-    with atomic_file(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def append_line(path: Path, row: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 
 from pegasus_gsg.data.masking import ExampleOptions
+from pegasus_gsg.files import write_text_atomic
 
 ModelPreset = Literal["tiny", "base", "large"]
 """The named model shapes: the keys of MODEL_PRESETS (a test keeps the two equal)."""
@@ -395,8 +396,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        """Write the resolved config as YAML (loadable again with `load_config`)."""
-        Path(path).write_text(yaml.safe_dump(_plain(self.to_dict()), sort_keys=False))
+        """Write the resolved config as YAML (loadable again with `load_config`), whole or not
+        at all."""
+        write_text_atomic(Path(path), yaml.safe_dump(_plain(self.to_dict()), sort_keys=False))
 
     def fingerprint_dict(self) -> dict[str, Any]:
         """The flattened fields that determine the training trajectory."""
