@@ -1,13 +1,14 @@
 """`pegasus-gsg` command line: a thin dispatcher over one module per command.
 
-Each command lives in `pegasus_gsg/commands/<name>.py` and exposes
-`add_arguments(parser)` and `run(args) -> int`, or, for a command that parses its own
-arguments (`serve`: the server's options and --help), `run_argv(argv) -> int`, which gets
-everything after the command name as typed. Modules are imported only when their command runs, so
-`pegasus-gsg select` never pays for importing torch.
+Each command lives in `pegasus_gsg/commands/<name>.py` (the demo, a recipe, in
+`pegasus_gsg/demo.py`) and exposes `add_arguments(parser)` and `run(args) -> int`, or, for a
+command that parses its own arguments (`serve`: the server's options and --help),
+`run_argv(argv) -> int`, which gets everything after the command name as typed. Modules are
+imported only when their command runs, so `pegasus-gsg select` never pays for importing torch.
 
 Library code raises `ValueError` / `FileNotFoundError` with a precise message; this is the one
-place that turns them into a single `pegasus-gsg: error: ...` line and a non-zero exit.
+place that turns them into a single `pegasus-gsg: error: ...` line and a non-zero exit (`serve`
+does the same in the server's own `main`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("pegasus_gsg.commands.evaluate", "generate summaries and score them with ROUGE"),
     "export-ct2": ("pegasus_gsg.commands.export_ct2", "convert a model for CTranslate2 serving"),
     "summarize": ("pegasus_gsg.commands.summarize", "call a running gRPC summarization server"),
-    "demo": ("pegasus_gsg.commands.demo", "the whole pipeline end to end on a real corpus"),
+    "demo": ("pegasus_gsg.demo", "the whole pipeline end to end on a real corpus"),
     "serve": ("pegasus_gsg.commands.serve", "run the gRPC summarization server (see serve --help)"),
 }
 
