@@ -93,21 +93,27 @@ def test_healthcheck_fails_when_nothing_listens(capsys):
 
 
 @pytest.mark.slow
-def test_missing_model_dir_fails_with_a_clear_message(tmp_path):
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("nope", "does not exist"),
+        # what a container run without the model mounted sees: an empty /model volume
+        ("empty", "has no config.json: expected a save_pretrained directory"),
+    ],
+)
+def test_unusable_model_dir_fails_with_one_clear_line(tmp_path, name, message):
+    model_dir = tmp_path / name
+    if name == "empty":
+        model_dir.mkdir()
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pegasus_gsg.server",
-            "--model",
-            str(tmp_path / "nope"),
-            "--port",
-            "0",
-        ],
+        [sys.executable, "-m", "pegasus_gsg.server", "--model", str(model_dir), "--port", "0"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 1
-    assert f"model directory {tmp_path / 'nope'} does not exist" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stderr
+    assert f"could not load {model_dir}: model directory {model_dir} {message}" in errors[0]
+    assert "Traceback" not in result.stderr
