@@ -185,6 +185,10 @@ def _serve(args: argparse.Namespace) -> int:
     logger.info("intra-op threads: %d", threads)
     try:
         app.load()
+    except (OSError, ValueError) as err:  # missing, unreadable or malformed: one line says which
+        logger.error("could not load %s: %s", args.model, err)
+        app.shutdown(grace=0)
+        return 1
     except Exception:
         logger.exception("could not load %s", args.model)
         app.shutdown(grace=0)

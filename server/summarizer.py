@@ -12,6 +12,7 @@ gets back decoded summaries cut at the first `</s>`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import fields, replace
 from pathlib import Path
@@ -47,6 +48,16 @@ class SummarizerModel:
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise FileNotFoundError(f"model directory {self.model_dir} does not exist")
+        if not os.access(self.model_dir, os.R_OK | os.X_OK):
+            raise PermissionError(
+                f"model directory {self.model_dir} is not readable by this process (uid "
+                f"{os.getuid()}): make it readable (e.g. chmod -R a+rX) or run as its owner"
+            )
+        if not (self.model_dir / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model directory {self.model_dir} has no config.json: expected a save_pretrained "
+                "directory (config, weights, tokenizer) or one from `pegasus-gsg export-ct2`"
+            )
         self.config = config or ServingConfig()
         device = self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(device)

@@ -53,13 +53,26 @@ def test_healthcheck_fails_when_nothing_listens(capsys):
 
 
 @pytest.mark.slow
-def test_missing_model_dir_fails_with_a_clear_message(tmp_path):
-    with ServerProcess(["--model", str(tmp_path / "nope"), "--port", "0"]) as server:
-        with pytest.raises(RuntimeError, match="exited with 1 before it was SERVING") as info:
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("nope", "does not exist"),
+        # what a container run without the model mounted sees: an empty /model volume
+        ("empty", "has no config.json: expected a save_pretrained directory"),
+    ],
+)
+def test_unusable_model_dir_fails_with_one_clear_line(tmp_path, name, message):
+    model_dir = tmp_path / name
+    if name == "empty":
+        model_dir.mkdir()
+    with ServerProcess(["--model", str(model_dir), "--port", "0"]) as server:
+        with pytest.raises(RuntimeError, match="exited with 1 before it was SERVING"):
             server.wait_until_serving()
         assert server.returncode == 1
-    # The error quotes the server's log, which names the directory.
-    assert f"model directory {tmp_path / 'nope'} does not exist" in str(info.value)
+    errors = [line for line in server.log_text.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, server.log_text
+    assert f"could not load {model_dir}: model directory {model_dir} {message}" in errors[0]
+    assert "Traceback" not in server.log_text
 
 
 def test_a_command_that_never_listens_fails_quoting_its_output():
