@@ -120,6 +120,36 @@ def test_unsupported_compute_type_is_refused_listing_the_supported(tiny_summariz
     assert "listening on" not in log  # refused before binding
 
 
+def test_int8_is_refused_before_binding_where_it_saturates(tiny_summarizer_dir, tmp_path):
+    """oneDNN capped below VNNI, as on an AVX2-only AMD CPU: int8 is refused in one line
+    naming float32, before converting the model and before binding the port."""
+    import os
+    import shutil
+
+    from pegasus_gsg.evaluation import ct2
+
+    forced = {"CT2_USE_MKL": "0", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in forced.items():
+            env.setenv(name, value)
+        if ct2.int8_gemm_risk() is None:
+            pytest.skip("not an x86 CPU with readable flags: the CPU rule does not apply")
+    model = Path(shutil.copytree(tiny_summarizer_dir, tmp_path / "m"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pegasus_gsg.server", "--port", "0", "--model", str(model),
+         "--backend", "ctranslate2", "--compute-type", "int8"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, **forced},
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("python -m server: error: int8 is inaccurate here: ")
+    )
+    assert "no VNNI" in proc.stderr and "--compute-type float32" in proc.stderr
+    assert "listening on" not in proc.stderr and not (model / ".ct2").exists()
+
+
 def test_unconvertible_model_fails_naming_what_is_missing(tiny_summarizer_dir, tmp_path):
     import shutil
 

@@ -17,6 +17,15 @@ rule. `Ct2Decoder` reproduces it: it decodes at most `max_new_tokens - 1` tokens
 `</s>` to a hypothesis that did not end, which is exactly what the forced token does to greedy
 search (the first max_new_tokens - 1 steps are unconstrained in both).
 
+int8 on CPU. CTranslate2 multiplies int8 on x86 as u8 x s8 through MKL (GenuineIntel) or
+oneDNN (other vendors); without VNNI those products saturate at int16 and int8 log-probs drift
+far from float32 (the test model: 1.97 nats mean against 0.46 with VNNI). `int8_gemm_risk`
+names that case from the CPU's flags and the ISA caps in the environment, and
+`refuse_saturating_int8` refuses it before conversion (`resolve_compute_type`) and at load
+(`Ct2Decoder`). A decoder that loads int8 then scores fixed texts with int8 and with the same
+weights in float32 (`int8_gemm_error`) and logs a warning above `INT8_TOLERANCE` (1%).
+`PEGASUS_GSG_INT8_CHECK=0` skips both.
+
 Cache. `cached_conversion` converts once per (model checksum, compute type, ctranslate2
 version) into `<cache>/<compute_type>-<key>/` where `<cache>` defaults to `MODEL/.ct2`. The
 conversion is written into a temporary sibling directory and renamed into place only after the
@@ -65,12 +74,16 @@ def default_device() -> str:
     return "cuda" if _ctranslate2().get_cuda_device_count() > 0 else "cpu"
 
 
-def resolve_compute_type(compute_type: str | None, device: str) -> str:
+def resolve_compute_type(compute_type: str | None, device: str, check_int8: bool = True) -> str:
     """`compute_type`, or the device default (float32 on CPU, bfloat16 on GPU), checked.
 
+    `check_int8=False` skips `refuse_saturating_int8` (a conversion for another machine, or a
+    caller that checks it itself).
+
     Raises:
-        ValueError: the device is unknown, or it does not support the compute type; the message
-            lists the ones it supports.
+        ValueError: the device is unknown, or it does not support the compute type (the message
+            lists the ones it supports), or int8 on a CPU where it saturates
+            (`refuse_saturating_int8`).
     """
     if device not in _DEFAULT_COMPUTE_TYPE:
         raise ValueError(f"device must be 'cpu' or 'cuda' for ctranslate2, got {device!r}")
@@ -86,6 +99,8 @@ def resolve_compute_type(compute_type: str | None, device: str) -> str:
             f"compute type {chosen!r} is not supported on {device} by this ctranslate2 build; "
             f"supported: {', '.join(supported)}"
         )
+    if check_int8:
+        refuse_saturating_int8(chosen, device)
     return chosen
 
 
@@ -296,6 +311,144 @@ def token_logprobs(
     return out
 
 
+INT8_TOLERANCE = 0.01
+"""Relative int8-vs-float32 log-prob difference above which loading int8 logs a warning."""
+
+INT8_CHECK_ENV = "PEGASUS_GSG_INT8_CHECK"
+"""Set to 0 to skip the int8 checks at load (the CPU rule and the scored texts)."""
+
+_CHECK_TEXTS = (
+    "The central bank raised interest rates by a quarter point on Tuesday, citing inflation.",
+    "Heavy rain flooded roads across the region overnight, and schools stayed closed.",
+    "The company said quarterly profit rose 12 percent as sales of its new phone beat forecasts.",
+    "国家统计局周三公布的数据显示，上月全国居民消费价格同比上涨百分之二。",
+)
+
+# oneDNN (ONEDNN_MAX_CPU_ISA) and MKL (MKL_ENABLE_INSTRUCTIONS) caps that still allow VNNI.
+_ONEDNN_AVX512_VNNI_CAPS: tuple[str, ...] = (
+    "AVX512_CORE_VNNI", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX",
+    "AVX512_CORE_AMX_FP16", "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16",
+    "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL", "DEFAULT",
+)  # fmt: skip
+_ONEDNN_AVX2_VNNI_CAPS: tuple[str, ...] = ("AVX2_VNNI", "AVX2_VNNI_2", *_ONEDNN_AVX512_VNNI_CAPS)
+_MKL_AVX512_VNNI_CAPS: tuple[str, ...] = ("AVX512_E1", "AVX512_E2", "AVX512_E3", "AVX512_E4")
+_MKL_AVX2_VNNI_CAPS: tuple[str, ...] = ("AVX2_E1", *_MKL_AVX512_VNNI_CAPS)
+
+
+def _cpu_info() -> tuple[str, set[str]] | None:
+    """(vendor id, feature flags) of the first CPU in /proc/cpuinfo; None where unreadable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    fields = dict(
+        (key.strip(), value.strip())
+        for key, _, value in (line.partition(":") for line in text.split("\n\n")[0].splitlines())
+    )
+    if "flags" not in fields:
+        return None
+    return fields.get("vendor_id", ""), set(fields["flags"].split())
+
+
+def _env_flag(name: str) -> bool | None:
+    value = os.environ.get(name, "").strip().lower()
+    return None if not value else value in ("1", "true", "yes", "on")
+
+
+def int8_gemm_risk(cpu: tuple[str, set[str]] | None = None) -> str | None:
+    """Why CTranslate2's int8 matrix product saturates on this CPU, or None when it does not.
+
+    CTranslate2 multiplies int8 on x86 as u8 x s8 (activations shifted by +128) through MKL
+    (default on GenuineIntel; `CT2_USE_MKL`) or oneDNN (elsewhere). Without VNNI both build each
+    4-term sum from `vpmaddubsw` pairs that saturate at int16 (255 * 127 * 2 > 32767), which
+    oneDNN documents ("Nuances of int8 computations"); with VNNI (`vpdpbusd`) the sums are
+    exact. Measured (docs/serving.md): oneDNN capped below VNNI moves the test model's log-probs
+    4x more than with VNNI; MKL on an AMD CPU is exact at any cap but 2.4-4x slower than oneDNN
+    (slower than float32), so no switch is set here. The rule reads the CPU's flags and the caps
+    a user may set (ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS); `cpu` overrides
+    /proc/cpuinfo. Non-x86 CPUs and unreadable flags give None (the scored check still runs).
+    """
+    cpu = cpu if cpu is not None else _cpu_info()
+    if cpu is None:
+        return None
+    vendor, flags = cpu
+    if not {"avx2", "sse4_1"} & flags:  # not x86 (or too old for CTranslate2's int8 at all)
+        return None
+    use_mkl = _env_flag("CT2_USE_MKL")
+    if use_mkl is None:
+        use_mkl = vendor == "GenuineIntel"
+    if use_mkl and vendor != "GenuineIntel":
+        return None  # MKL's int8 path on AMD: exact (measured), if slow
+    if use_mkl:
+        backend, cap_env = "MKL", "MKL_ENABLE_INSTRUCTIONS"
+        avx512_caps, avx2_caps = _MKL_AVX512_VNNI_CAPS, _MKL_AVX2_VNNI_CAPS
+    else:
+        backend, cap_env = "oneDNN", "ONEDNN_MAX_CPU_ISA"
+        avx512_caps, avx2_caps = _ONEDNN_AVX512_VNNI_CAPS, _ONEDNN_AVX2_VNNI_CAPS
+    cap = os.environ.get(cap_env, "").strip().upper()
+    if "avx512_vnni" in flags and (not cap or cap in avx512_caps):
+        return None
+    if "avx_vnni" in flags and (not cap or cap in avx2_caps):
+        return None
+    where = f" ({cap_env}={cap})" if cap else ""
+    return f"this {vendor or 'x86'} CPU gives {backend}{where} no VNNI"
+
+
+def _int8_check_enabled() -> bool:
+    return os.environ.get(INT8_CHECK_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _check_sources(decoder: Ct2Decoder) -> list[list[int]]:
+    """`_CHECK_TEXTS` in the model's tokenizer, or fixed id runs when it has none."""
+    tokenizer_file = decoder.path / "tokenizer.json"
+    if tokenizer_file.is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        sources = [tokenizer.encode(text).ids for text in _CHECK_TEXTS]
+    else:
+        size = len(decoder.vocab)
+        sources = [[(7 + 31 * i + 97 * j) % size for i in range(24)] for j in range(4)]
+    return [[*[i for i in ids if i != decoder.eos_id][:64], decoder.eos_id] for ids in sources]
+
+
+def refuse_saturating_int8(compute_type: str, device: str) -> None:
+    """Raise when `compute_type` is int8* on a CPU where `int8_gemm_risk` names a reason.
+
+    Called before conversion by `resolve_compute_type` and again when a decoder loads (not by
+    `pegasus-gsg export-ct2`: a conversion is CPU-independent); the `PEGASUS_GSG_INT8_CHECK=0`
+    environment variable turns it off.
+
+    Raises:
+        ValueError: one line: the reason, the float32 alternative and the opt-out.
+    """
+    if device != "cpu" or not compute_type.startswith("int8") or not _int8_check_enabled():
+        return
+    risk = int8_gemm_risk()
+    if risk is not None:
+        raise ValueError(
+            f"{compute_type} is inaccurate here: {risk}, so int8 matrix products saturate "
+            f"(docs/serving.md); use --compute-type float32, or set {INT8_CHECK_ENV}=0 to "
+            f"load {compute_type} anyway"
+        )
+
+
+def int8_gemm_error(decoder: Ct2Decoder) -> float:
+    """Relative difference between `decoder`'s int8 log-probs and float32's on fixed texts.
+
+    The reference is the same converted directory loaded as float32 (int8 weights widened), so
+    only the int8 matrix product is measured: mean |int8 log p - float32 log p| over
+    mean |float32 log p|, teacher-forced on each fixed text's float32 greedy summary.
+    """
+    reference = Ct2Decoder(decoder.path, device="cpu", compute_type="float32", threads=1)
+    sources = _check_sources(decoder)
+    targets = reference.generate(sources, GenerationOptions(max_new_tokens=16))
+    exact = [lp for row in reference.score(sources, targets) for lp in row]
+    approx = [lp for row in decoder.score(sources, targets) for lp in row]
+    scale = sum(abs(lp) for lp in exact)
+    return sum(abs(a - b) for a, b in zip(exact, approx, strict=True)) / max(scale, 1e-6)
+
+
 class Ct2Decoder:
     """A converted model loaded in a `ctranslate2.Translator`, working on token ids.
 
@@ -309,6 +462,7 @@ class Ct2Decoder:
         device: str = "cpu",
         compute_type: str | None = None,
         threads: int = 0,
+        check_int8: bool = True,
     ) -> None:
         ct2 = _ctranslate2()
         self.path = Path(ct2_dir)
@@ -318,7 +472,7 @@ class Ct2Decoder:
             )
         self.manifest: dict[str, Any] = json.loads((self.path / MANIFEST).read_text("utf-8"))
         self.device = device
-        self.compute_type = resolve_compute_type(compute_type, device)
+        self.compute_type = resolve_compute_type(compute_type, device, check_int8)
         self._translator_kwargs = {
             "device": device,
             "compute_type": self.compute_type,
@@ -336,6 +490,25 @@ class Ct2Decoder:
         self.start_token = config.get("decoder_start_token") or config["bos_token"]
         forced = self.manifest.get("forced_eos_token_id")
         self.forced_eos = forced is not None
+        self.int8_error: float | None = None
+        """The int8 self-check's relative error (see `int8_gemm_error`); None when not run."""
+        int8_on_cpu = device == "cpu" and self.compute_type.startswith("int8")
+        if int8_on_cpu and check_int8 and _int8_check_enabled():
+            self._check_int8()
+
+    def _check_int8(self) -> None:
+        """Warn where int8 moves log-probs by more than `INT8_TOLERANCE` (the CPU rule has
+        already refused a saturating CPU in `resolve_compute_type`, before the load)."""
+        self.int8_error = int8_gemm_error(self)
+        if self.int8_error > INT8_TOLERANCE:
+            logger.warning(
+                "int8 changes %s's log-probs by %.1f%% against float32 on fixed texts (more "
+                "than %.0f%%): compare summaries with --compute-type float32 before serving it",
+                self.path, 100 * self.int8_error, 100 * INT8_TOLERANCE,
+            )  # fmt: skip
+        else:
+            logger.info("int8 self-check of %s: %.2f%% from float32", self.path,
+                        100 * self.int8_error)  # fmt: skip
 
     def tokens(self, ids: Sequence[int]) -> list[str]:
         return [self.vocab[i] for i in ids]
