@@ -6,6 +6,10 @@ the reference the CTranslate2 server must reproduce through every RPC.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +21,8 @@ from pegasus_gsg.serving.client import SummarizerClient
 from pegasus_gsg.serving.process import ServerProcess
 from pegasus_gsg.serving.protos import pb2
 from tests._server_helpers import fitting_docs, rpc_error, running_server
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytest.importorskip("ctranslate2")
 
@@ -123,7 +129,6 @@ def test_unsupported_compute_type_is_refused_listing_the_supported(tiny_summariz
 def test_int8_is_refused_before_binding_where_it_saturates(tiny_summarizer_dir, tmp_path):
     """oneDNN capped below VNNI, as on an AVX2-only AMD CPU: int8 is refused in one line
     naming float32, before converting the model and before binding the port."""
-    import os
     import shutil
 
     from pegasus_gsg.evaluation import ct2
@@ -151,7 +156,6 @@ def test_int8_is_refused_before_binding_where_it_saturates(tiny_summarizer_dir, 
 
 
 def test_unconvertible_model_fails_naming_what_is_missing(tiny_summarizer_dir, tmp_path):
-    import shutil
 
     broken = Path(shutil.copytree(tiny_summarizer_dir, tmp_path / "m"))
     (broken / "model.safetensors").unlink()

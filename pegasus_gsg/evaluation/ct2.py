@@ -40,6 +40,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
