@@ -70,12 +70,15 @@ def test_summaries_equal_the_transformers_server(client, docs, hf_answers):
     assert [client.summarize(d, num_beams=3).summary for d in docs] == hf_answers["beam"]
 
 
-def test_stream_concatenates_to_the_unary_summary(ct2_server, docs, hf_answers):
+def test_stream_concatenates_to_the_unary_summary(ct2_server, client, docs):
+    # The same engine's unary answer (agreement with transformers is the greedy test's job: on
+    # a random-weight model a near-tie logit may flip between the engines on some tokenizers).
     with grpc.insecure_channel(ct2_server.address) as channel:
         from pegasus_gsg.serving.protos import pb2_grpc
 
         call = pb2_grpc.SummarizerStub(channel).SummarizeStream
-        for doc, expected in zip(docs[:4], hf_answers["greedy"], strict=False):
+        for doc in docs[:4]:
+            expected = client.summarize(doc).summary
             messages = list(call(pb2.SummarizeRequest(text=doc), timeout=60))
             assert messages[-1].done and all(not m.done for m in messages[:-1])
             assert "".join(m.text_delta for m in messages) == expected == messages[-1].final.summary
