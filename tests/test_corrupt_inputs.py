@@ -45,6 +45,12 @@ def _parquet(records: list[dict], tmp: Path) -> bytes:
     return path.read_bytes()
 
 
+def _csv(records: list[dict], tmp: Path) -> bytes:
+    path = tmp / "good.csv"
+    datasets.Dataset.from_list(records).to_csv(path, index=False)
+    return path.read_bytes()
+
+
 def _truncated(compress: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
     def cut(data: bytes) -> bytes:  # an interrupted copy: the first 60% of the bytes
         blob = compress(data)
@@ -95,6 +101,12 @@ CORRUPTIONS: dict[str, tuple[str, Callable[[bytes], bytes], str, bool]] = {
         r":\d+: the xz data ends before its end-of-stream marker: the file is truncated",
         True,
     ),
+    "truncated csv.gz": (  # read by `datasets`, not line by line: no line number
+        "docs.csv.gz",
+        _truncated(gzip.compress),
+        r": the gzip data ends before its end-of-stream marker: the file is truncated",
+        True,
+    ),
     "damaged gzip": (
         "docs.jsonl.gz",
         _garbled_gzip,
@@ -127,6 +139,8 @@ def _good_bytes(name: str, tmp: Path) -> bytes:
     if name.endswith(".parquet"):
         return _parquet(records, tmp)
     data = _jsonl(records)
+    if ".csv" in name:
+        data = _csv(records, tmp)
     suffix = Path(name).suffix
     compress = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}.get(suffix)
     return compress(data) if compress else data
@@ -150,7 +164,8 @@ def _commands(source: Path, tokenizer: Path, tmp: Path) -> dict[str, tuple[list[
 
 
 def _one_error_line(err: str, command: str, path: Path, reason: str) -> str:
-    lines = err.strip().splitlines()
+    # `datasets`' own progress bar ("Generating train split: ...") may come first (csv, text).
+    lines = [line for line in err.strip().splitlines() if "Generating train split" not in line]
     assert len(lines) == 1, err
     prefix = f"pegasus-gsg {command}: error: {path}"
     assert lines[0].startswith(prefix), lines[0]

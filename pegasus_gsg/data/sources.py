@@ -147,7 +147,7 @@ def _open_binary(path: Path) -> BinaryIO:
     return handle
 
 
-def damaged_file_error(path: Path, line: int | None, err: BaseException) -> ValueError:
+def _damaged_file_error(path: Path, line: int | None, err: BaseException) -> ValueError:
     """`FILE:LINE: reason` for a compressed file that cannot be decompressed (past `line`)."""
     _, compression = _suffixes(path)
     kind = _COMPRESSION_NAMES.get(compression or "", "compressed")
@@ -180,7 +180,7 @@ def _read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
             for line_no, raw in enumerate(f, start=1):
                 yield line_no, raw
         except errors as err:
-            raise damaged_file_error(path, line_no + 1, err) from None
+            raise _damaged_file_error(path, line_no + 1, err) from None
 
 
 def _hash_path(path: Path) -> str:
@@ -206,7 +206,7 @@ def _starts_with_bracket(path: Path) -> bool:
         try:
             head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
         except errors as err:
-            raise damaged_file_error(path, 1, err) from None
+            raise _damaged_file_error(path, 1, err) from None
     return head.startswith(b"[")
 
 
@@ -239,7 +239,7 @@ def _load_with_datasets(path: Path, fmt: str) -> Any:
         cause: BaseException | None = err
         while compression and cause is not None:
             if isinstance(cause, _DECOMPRESSION_ERRORS):
-                raise damaged_file_error(path, None, cause) from None
+                raise _damaged_file_error(path, None, cause) from None
             cause = cause.__cause__ or cause.__context__
         raise ValueError(f"{path}: cannot be read as {fmt}: {err}") from err
 
@@ -334,10 +334,11 @@ def parse_jsonl_line(raw: bytes, where: str) -> tuple[dict[str, Any] | None, str
             f"{where}: invalid UTF-8 at byte {err.start} of the line "
             f"({raw[err.start : err.start + 4]!r}); expected UTF-8 text"
         )
-    if "\0" in line:  # never valid JSON (a NUL in a string is written \u0000)
+    nul = line.find("\0")  # never valid JSON (a NUL in a string is written \u0000)
+    if nul >= 0:
         return None, (
-            f"{where}: NUL byte at column {line.index(chr(0)) + 1}; expected one JSON object per "
-            "line of text (is the file binary or damaged?)"
+            f"{where}: NUL byte at column {nul + 1}; expected one JSON object per line of text "
+            "(is the file binary or damaged?)"
         )
     try:
         record = json.loads(line)
