@@ -77,7 +77,7 @@ def iter_jsonl(
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(
-                f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
+                f"{where}: not valid JSON ({err.msg.removesuffix(' at')} at column {err.colno}); "
                 "expected one JSON object per line"
             ) from None
         if not isinstance(record, dict):

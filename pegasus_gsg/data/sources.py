@@ -18,6 +18,12 @@ Rows are numbered 0.. across all inputs in order; `iter_chunks` cuts that sequen
 chunks of `chunk_size` rows and yields only the chunks asked for, so a shard of a sharded
 prepare parses only its own rows. Every input is hashed (sha256 of its bytes; of every file of a
 saved dataset) into the source fingerprint recorded in the store's manifest.
+
+Damage is reported as one line naming the file, and the line where there is one. A bad *record*
+(invalid UTF-8, a NUL byte, not JSON) is a Row with an error, which `--skip-bad` skips and
+counts. A bad *file* (a truncated or corrupt .gz/.bz2/.xz, a parquet file whose footer cannot
+be read) raises ValueError even with `--skip-bad`: nothing after the damage can be read, so it
+is not one record to skip. Such files are found while counting rows, before any output exists.
 """
 
 from __future__ import annotations
@@ -28,12 +34,17 @@ import gzip
 import hashlib
 import json
 import lzma
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 _COMPRESSED: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+_COMPRESSION_NAMES = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz"}
+_DECOMPRESSION_ERRORS: tuple[type[Exception], ...] = (EOFError, OSError, zlib.error, lzma.LZMAError)
+"""What reading a damaged compressed file raises: EOFError (truncated), gzip.BadGzipFile and
+bz2's OSError (not that format, CRC mismatch), zlib.error, lzma.LZMAError (corrupt data)."""
 _FORMATS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
@@ -136,6 +147,42 @@ def _open_binary(path: Path) -> BinaryIO:
     return handle
 
 
+def _damaged_file_error(path: Path, line: int | None, err: BaseException) -> ValueError:
+    """`FILE:LINE: reason` for a compressed file that cannot be decompressed (past `line`)."""
+    _, compression = _suffixes(path)
+    kind = _COMPRESSION_NAMES.get(compression or "", "compressed")
+    if isinstance(err, EOFError):
+        reason = (
+            f"the {kind} data ends before its end-of-stream marker: the file is truncated "
+            "(an interrupted copy or download?)"
+        )
+    else:
+        reason = f"the {kind} data is damaged or not {kind} ({err})"
+    where = str(path) if line is None else f"{path}:{line}"
+    return ValueError(
+        f"{where}: {reason}; fetch or compress it again (a damaged file fails the job even "
+        "with --skip-bad: the rows after the damage cannot be read)"
+    )
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) of every line of a file, decompressed on the fly.
+
+    Raises:
+        ValueError: the compressed data is truncated or damaged (`FILE:LINE: ...`, LINE the
+            first line that could not be read).
+    """
+    _, compression = _suffixes(path)
+    errors = _DECOMPRESSION_ERRORS if compression else ()
+    line_no = 0
+    with _open_binary(path) as f:
+        try:
+            for line_no, raw in enumerate(f, start=1):
+                yield line_no, raw
+        except errors as err:
+            raise _damaged_file_error(path, line_no + 1, err) from None
+
+
 def _hash_path(path: Path) -> str:
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -149,23 +196,51 @@ def _hash_path(path: Path) -> str:
 
 
 def _count_jsonl_rows(path: Path) -> int:
-    with _open_binary(path) as f:
-        return sum(1 for raw in f if raw.strip())
+    return sum(1 for _, raw in _read_lines(path) if raw.strip())
 
 
 def _starts_with_bracket(path: Path) -> bool:
+    _, compression = _suffixes(path)
+    errors = _DECOMPRESSION_ERRORS if compression else ()
     with _open_binary(path) as f:
-        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        try:
+            head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        except errors as err:
+            raise _damaged_file_error(path, 1, err) from None
     return head.startswith(b"[")
+
+
+def _check_parquet_footer(path: Path) -> None:
+    """Read a parquet file's footer (its schema and row groups: a few KB at its end), so that a
+    truncated or damaged file is one clear error rather than `datasets`' logged traceback."""
+    import pyarrow
+    import pyarrow.parquet
+
+    try:
+        pyarrow.parquet.read_metadata(path)
+    except (pyarrow.ArrowException, OSError) as err:
+        raise ValueError(
+            f"{path}: not a readable parquet file: its footer is damaged or missing ({err}); "
+            "the file is truncated or corrupt (an interrupted copy?): write or fetch it again "
+            "(a damaged file fails the job even with --skip-bad)"
+        ) from None
 
 
 def _load_with_datasets(path: Path, fmt: str) -> Any:
     import datasets
 
+    _, compression = _suffixes(path)
+    if fmt == "parquet" and compression is None:
+        _check_parquet_footer(path)
     kwargs: dict[str, Any] = {"sample_by": "paragraph"} if fmt == "text" else {}
     try:
         return datasets.load_dataset(fmt, data_files=[str(path)], split="train", **kwargs)
     except Exception as err:  # datasets/pyarrow raise many types; name the file either way
+        cause: BaseException | None = err
+        while compression and cause is not None:
+            if isinstance(cause, _DECOMPRESSION_ERRORS):
+                raise _damaged_file_error(path, None, cause) from None
+            cause = cause.__cause__ or cause.__context__
         raise ValueError(f"{path}: cannot be read as {fmt}: {err}") from err
 
 
@@ -256,14 +331,21 @@ def parse_jsonl_line(raw: bytes, where: str) -> tuple[dict[str, Any] | None, str
         line = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         return None, (
-            f"{where}: invalid UTF-8 at byte {err.start} of the line; expected UTF-8 text"
+            f"{where}: invalid UTF-8 at byte {err.start} of the line "
+            f"({raw[err.start : err.start + 4]!r}); expected UTF-8 text"
+        )
+    nul = line.find("\0")  # never valid JSON (a NUL in a string is written \u0000)
+    if nul >= 0:
+        return None, (
+            f"{where}: NUL byte at column {nul + 1}; expected one JSON object per line of text "
+            "(is the file binary or damaged?)"
         )
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
         return None, (
-            f"{where}: not valid JSON ({err.msg} at column {err.colno}); expected one JSON "
-            "object per line"
+            f"{where}: not valid JSON ({err.msg.removesuffix(' at')} at column {err.colno}); "
+            "expected one JSON object per line"
         )
     if not isinstance(record, dict):
         return None, f"{where}: expected a JSON object, got {type(record).__name__}"
@@ -273,14 +355,13 @@ def parse_jsonl_line(raw: bytes, where: str) -> tuple[dict[str, Any] | None, str
 def _jsonl_rows(source: Source, first_index: int) -> Iterator[tuple[int, str, bytes]]:
     """(global index, location, raw line) of every non-blank line."""
     index = first_index
-    with _open_binary(source.path) as f:
-        for line_no, raw in enumerate(f, start=1):
-            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if not raw.strip():
-                continue
-            yield index, f"{source.path}:{line_no}", raw
-            index += 1
+    for line_no, raw in _read_lines(source.path):
+        if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if not raw.strip():
+            continue
+        yield index, f"{source.path}:{line_no}", raw
+        index += 1
 
 
 def iter_chunks(

@@ -34,10 +34,14 @@ How the work is cut, and why runs are deterministic and resumable:
 Records that cannot be used are never dropped silently. Blank documents (or summaries) are
 always skipped and counted (`empty`: pretraining needs at least one sentence). Malformed JSON,
 a missing field or a non-string field stop the run with `FILE:LINE: reason`, or with
-`skip_bad` are skipped and counted (`bad_json`, `missing_field`, `not_text`); the manifest
-keeps the counts and the first few messages. Records outside `--split` are counted as filtered;
-the manifest also counts the `split` values seen, and preparing a corpus that mixes several
-splits without `--split` (test data in a training set) logs a warning.
+`skip_bad` are skipped and counted (`bad_json`, `missing_field`, `not_text`; invalid UTF-8
+and a NUL byte count as `bad_json`); the manifest keeps the counts and the first few messages.
+A damaged *file* (a truncated .gz/.bz2/.xz, a parquet footer that cannot be read) fails the
+job even with `skip_bad`: the rows after the damage cannot be read (sources.py), and it is
+found while the inputs are counted, before anything is written. Records outside `--split`
+are counted as filtered; the manifest also counts the `split` values seen, and preparing a
+corpus that mixes several splits without `--split` (test data in a training set) logs a
+warning.
 
 Store sets (`--engine ray`, or `--rows-per-shard N` with either engine; storesets.py): the unit
 of work is a run of at most N rows of one input file (a whole small file, or a fixed slice of a
