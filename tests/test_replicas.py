@@ -82,7 +82,8 @@ def _ok_count(app) -> float:
 def test_replica_that_is_not_serving_gets_no_calls(tiny_summarizer_dir):
     """A started but not loaded replica (health NOT_SERVING) is skipped, without retries."""
     from pegasus_gsg.server.app import ListenConfig, SummarizerServer
-    from pegasus_gsg.server.model import ServingConfig, SummarizerModel
+    from pegasus_gsg.server.settings import ServingConfig
+    from pegasus_gsg.server.summarizer import SummarizerModel
 
     doc = fitting_docs(tiny_summarizer_dir, 1)[0]
     config = ServingConfig(max_input_tokens=128)
