@@ -152,7 +152,7 @@ def test_int8_is_refused_before_binding_where_it_saturates(tiny_summarizer_dir, 
     assert (
         proc.stderr.strip()
         .splitlines()[-1]
-        .startswith("python -m server: error: int8 is inaccurate here: ")
+        .startswith("python -m pegasus_gsg.server: error: int8 is inaccurate here: ")
     )
     assert "no VNNI" in proc.stderr and "--compute-type float32" in proc.stderr
     assert "listening on" not in proc.stderr and not (model / ".ct2").exists()
