@@ -12,7 +12,9 @@ Each rank records the dataset indices it loaded (per store) and a digest of its 
 Fault injection lives here, in the test seam, never in the library: `PEGASUS_TEST_FAULT`
 (read only by this script) names an instant, and the script patches the library function that
 reaches it so that, there, the whole job (the launcher and every rank) is SIGKILLed, or the
-launcher is sent SIGTERM as a scheduler would. See `FAULTS` and `_arm`.
+launcher is sent SIGTERM as a scheduler would, or one rank's loss turns NaN (`poison_loss`,
+which in-process tests patch in themselves). See `FAULTS` and `_arm`. A rank whose entry point
+fails records the error message instead of the digest.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,7 @@ FAULTS = {
     "in_prune": "SIGKILL while pruning after checkpoint N (old one renamed, not deleted)",
     "in_export": "SIGKILL with the final model/ in staging, before the swap",
     "sigterm": "SIGTERM to the launcher right after optimizer step N (mid-step)",
+    "nan_loss": "the loss of training micro-batch N (1-based, of rank R) is NaN",
 }
 """Fault kinds for `PEGASUS_TEST_FAULT=KIND:N[:RANK]` (RANK defaults to 0)."""
 
@@ -101,6 +105,73 @@ def param_digest(model: Any) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def launch_two_ranks(
+    audit_dir: Path, entry: str, argv: list[str], *, fault: str | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
+    """`accelerate launch --multi_gpu --num_processes 2` of this script running `entry`
+    (finetune/pretrain) with `argv`; the job is killed, and the test failed, after `timeout`
+    seconds (a hang)."""
+    import socket
+
+    import psutil
+    import pytest
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *("--multi_gpu", "--num_processes", "2", "--num_machines", "1"),
+        *("--mixed_precision", "no", "--dynamo_backend", "no"),
+        *("--main_process_port", str(port)),
+        str(Path(__file__).resolve()),
+        str(audit_dir),
+        entry,
+        *argv,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop(FAULT_ENV, None)
+    if fault:
+        env[FAULT_ENV] = fault
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for child in psutil.Process(proc.pid).children(recursive=True):  # the ranks too
+            child.kill()
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"accelerate launch did not finish in {timeout} s:\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def poison_loss(calls: Collection[int], models: list[Any] | None = None) -> Callable[..., Any]:
+    """A stand-in for `Seq2SeqLossModel.forward` whose training micro-batches number `calls`
+    (1-based, counted in this process; validation forwards are not counted) return NaN loss
+    sums. They stay on the autograd graph, so the gradients are NaN too, as an overflow's are:
+    an optimizer step on them would turn the weights NaN. The first model it runs is appended to
+    `models` (its weights can be read after the run stopped)."""
+    from pegasus_gsg.training.model import Seq2SeqLossModel
+
+    original = Seq2SeqLossModel.forward
+    made = {"calls": 0}
+
+    def forward(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        sums = original(self, *args, **kwargs)
+        if not self.training:
+            return sums
+        made["calls"] += 1
+        if models is not None and not models:
+            models.append(self)
+        if made["calls"] in calls:
+            return {k: v * float("nan") for k, v in sums.items()}
+        return sums
+
+    return forward
 
 
 # --- fault injection (this script only) ----------------------------------------------------
@@ -172,6 +243,11 @@ def _arm(spec: str, rank: int) -> None:
     if kind not in FAULTS:
         raise ValueError(f"{FAULT_ENV}={spec}: unknown fault {kind!r}; one of {sorted(FAULTS)}")
     if rank != fault_rank:
+        return
+    if kind == "nan_loss":
+        from pegasus_gsg.training.model import Seq2SeqLossModel
+
+        Seq2SeqLossModel.forward = poison_loss({step})  # type: ignore[method-assign]
         return
     at = {"step": -1}  # the optimizer step the run is at, from the scheduler
 
@@ -255,7 +331,15 @@ def _launch(audit_dir: Path, entry: str, argv: list[str]) -> int:
     results = []
 
     def main(_: Any) -> Any:
-        results.append(module.main(argv))
+        try:
+            results.append(module.main(argv))
+        except Exception as err:
+            # Written at once: when one rank exits with an error, the launcher stops the others.
+            audit_dir.mkdir(parents=True, exist_ok=True)
+            (audit_dir / f"rank{rank}.json").write_text(
+                json.dumps({"error": f"{type(err).__name__}: {err}"})
+            )
+            raise
         return results[-1]
 
     code = run_cli(main, f"pegasus_gsg.{entry}")

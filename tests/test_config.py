@@ -90,6 +90,10 @@ def test_epochs_override_replaces_the_files_max_steps():
         ("data.gsr=1.5", "config: data.gsr must be in (0, 1], got 1.5"),
         ("optim.lr=0", "optim.lr=0.0 is out of range"),
         ("optim.grad_accum=0", "optim.grad_accum=0 is out of range; expected an int >= 1"),
+        (
+            "optim.max_nonfinite_steps=-1",
+            "optim.max_nonfinite_steps=-1 is out of range; expected an int >= 0",
+        ),
         ("model.attention_heads=5", "model.attention_heads=5 is out of range; expected a divisor"),
         ("optim.lrr=1", "unknown key optim.lrr"),
         ("optim.lr=fast", "optim.lr='fast' is not a valid float"),
@@ -127,6 +131,7 @@ def test_fingerprint_covers_the_trajectory_not_the_bookkeeping():
             "checkpoint.log_every=3",
             "data.num_workers=2",
             "eval.every=5",
+            "optim.max_nonfinite_steps=3",  # raised on --resume to step over a NaN batch
         ],
     )
     assert same.fingerprint() == cfg.fingerprint()

@@ -1,6 +1,10 @@
 """Token-budget batches for the training loop: what a data set must offer, this rank's
 sampler and DataLoader, and the endless stream of micro-batches that keeps `TrainState`'s place.
 
+Each micro-batch comes with its records: the data set indices of its examples, in row order
+(for a store-backed data set, the store's record numbers, `TokenStore.pair(i)` /
+`.sentences(i)`), so that a step whose loss is NaN can name what it was fed.
+
 The sampler shards batches by rank itself, so the DataLoader is NOT passed to
 `accelerator.prepare` (which would shard it a second time); the loop moves batches to the
 device. The DataLoader gets its own torch.Generator, so creating an iterator never draws from
@@ -23,6 +27,9 @@ from pegasus_gsg.data.sampler import TokenBudgetBatchSampler
 from pegasus_gsg.data.vocab import PAD_ID
 from pegasus_gsg.training.config import TrainConfig
 from pegasus_gsg.training.resume import TrainState
+
+RECORDS = "records"
+"""The loader's batch key of the examples' data set indices; `batch_stream` takes it out."""
 
 
 @runtime_checkable
@@ -82,9 +89,9 @@ def build_loader(
             "data.max_tokens"
         )
     loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(
-        train_set,  # type: ignore[arg-type]  # a map-style dataset by the TrainData protocol
+        _Numbered(train_set),
         batch_sampler=sampler,
-        collate_fn=Seq2SeqCollator(PAD_ID),
+        collate_fn=_CollateWithRecords(PAD_ID),
         num_workers=cfg.data.num_workers,
         pin_memory=torch.cuda.is_available(),
         # Own generator: making an iterator must not draw from the global RNG (exact resume).
@@ -100,19 +107,47 @@ def _ignore_sigterm(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+class _Numbered(torch.utils.data.Dataset[tuple[int, dict[str, Any]]]):
+    """`dataset`'s items paired with their index, for `_CollateWithRecords`."""
+
+    def __init__(self, dataset: TrainData) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, dict[str, Any]]:
+        return index, self.dataset[index]
+
+
+class _CollateWithRecords:
+    """Seq2SeqCollator's padded tensors plus `RECORDS`, the items' indices (int64)."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.collate = Seq2SeqCollator(pad_id)
+
+    def __call__(self, items: list[tuple[int, dict[str, Any]]]) -> dict[str, torch.Tensor]:
+        batch = self.collate([item for _, item in items])
+        batch[RECORDS] = torch.tensor([index for index, _ in items], dtype=torch.int64)
+        return batch
+
+
 def batch_stream(
     loader: torch.utils.data.DataLoader[Any],
     sampler: TokenBudgetBatchSampler,
     dataset: TrainData,
     state: TrainState,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Micro-batches forever, epoch after epoch, keeping `state`'s position up to date."""
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """(records, micro-batch) forever, epoch after epoch, keeping `state`'s position up to
+    date; records are the data set indices of the batch's rows, the batch is the model's
+    input."""
     while True:
         sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
         if isinstance(dataset, EpochTrainData):
             dataset.set_epoch(state.epoch)
         for batch in loader:
             state.batch_in_epoch += 1
-            yield batch
+            records = batch.pop(RECORDS).tolist()
+            yield records, batch
         state.epoch += 1
         state.batch_in_epoch = 0

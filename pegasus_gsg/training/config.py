@@ -177,6 +177,12 @@ class OptimConfig:
     grad_accum: int = 1
     """Micro-batches per optimizer step, an int >= 1; the loss is normalised over the whole
     window."""
+    max_nonfinite_steps: int = 0
+    """Steps whose loss is NaN or infinite (on any process) to skip over the run, an int >= 0:
+    such a step takes no optimizer step and no lr-schedule step, its gradients are dropped, its
+    micro-batches count as consumed, and it is not counted in `schedule.max_steps`. The next one
+    stops the run with an error naming the step and the batch's records. 0 = stop on the first.
+    May be raised on `--resume`."""
 
     def __post_init__(self) -> None:
         _check_choices(self, "optim.")
@@ -193,6 +199,12 @@ class OptimConfig:
             "[0, 1)",
         )
         _check(self.grad_accum >= 1, "optim.grad_accum", self.grad_accum, "an int >= 1")
+        _check(
+            self.max_nonfinite_steps >= 0,
+            "optim.max_nonfinite_steps",
+            self.max_nonfinite_steps,
+            "an int >= 0",
+        )
 
 
 @dataclass
@@ -332,7 +344,8 @@ class CheckpointConfig:
 
 
 # Fields that change what is written or where, never the training trajectory: a resume may
-# change them freely.
+# change them freely. optim.max_nonfinite_steps only decides whether a NaN/inf step stops the run
+# or is skipped; a run stopped by one must be resumable with a higher value.
 _NOT_FINGERPRINTED = (
     "out_dir",
     "checkpoint",
@@ -344,6 +357,7 @@ _NOT_FINGERPRINTED = (
     "compile",
     "eval",
     "schedule.max_minutes",
+    "optim.max_nonfinite_steps",
 )
 
 

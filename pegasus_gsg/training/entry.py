@@ -3,12 +3,13 @@
 Both are run as `accelerate launch -m pegasus_gsg.pretrain ...` (or plain `python -m`, one
 process). Arguments: `--config FILE.yaml` plus overrides (`optim.lr=1e-4` or `--optim.lr 1e-4`),
 and a few run switches that are not part of the config: `--resume latest|PATH`, `--profile`.
-`--out DIR`, `--init-from DIR`, `--max-samples N`, `--train DIR`, `--validation DIR` and
-`--tokenizer DIR` are shorthands for the config keys they name.
+`--out DIR`, `--init-from DIR`, `--max-samples N`, `--train DIR`, `--validation DIR`,
+`--tokenizer DIR` and `--max-nonfinite-steps N` are shorthands for the config keys they name.
 
 Everything a run needs is checked here, before any training: the tokenizer, the stores (which
 refuse a tokenizer other than the one they were prepared with), the model's vocabulary.
-Library errors (ValueError / FileNotFoundError) become one `prog: error: ...` line and exit 1.
+Library errors (ValueError / FileNotFoundError) and a NaN/infinite loss (NonFiniteLossError,
+pegasus_gsg/training/loop.py) become one `prog: error: ...` line and exit 1.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ _SHORTHANDS = {
     "--train": "data.train",
     "--validation": "data.validation",
     "--tokenizer": "data.tokenizer",
+    "--max-nonfinite-steps": "optim.max_nonfinite_steps",
 }
+_COUNT_FLAGS = ("--max-samples", "--max-nonfinite-steps")
 
 
 @dataclass
@@ -68,7 +71,7 @@ def parse_run_args(argv: Sequence[str] | None, prog: str, description: str) -> R
         parser.add_argument(
             flag,
             dest=key.replace(".", "__"),
-            metavar="N" if flag == "--max-samples" else "DIR",
+            metavar="N" if flag in _COUNT_FLAGS else "DIR",
             help=f"same as {key}=...",
         )
     args, rest = parser.parse_known_args(argv)
@@ -138,11 +141,11 @@ def run_cli(main: Callable[[Sequence[str] | None], Any], prog: str) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from pegasus_gsg.training.loop import EXIT_STOPPED_BY_SIGNAL, TrainResult
+    from pegasus_gsg.training.loop import EXIT_STOPPED_BY_SIGNAL, NonFiniteLossError, TrainResult
 
     try:
         result = main(None)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
         if _rank() == 0:
             print(f"{prog}: error: {err}", file=sys.stderr)
         return 1

@@ -11,11 +11,12 @@ Read `train` top to bottom; it is a plain PyTorch loop around an `accelerate.Acc
     loop over optimizer steps:
         take the next `grad_accum` micro-batches (the window), time the wait for them
         count real target tokens in the window, all-reduced over processes
-        for each micro-batch, inside accelerator.accumulate(model):
+        for each micro-batch, inside accelerator.accumulate(model) (DDP syncs on the last):
             per-token loss sums come out of the model (computed on every rank, never gathered)
             loss = sum / tokens-in-window (x processes x grad_accum, which DDP averaging and
                    accelerator.backward divide out again) -> the gradient of the mean token loss
-            clip, optimizer.step, scheduler.step, zero_grad   (acting only when sync_gradients)
+        a NaN/inf loss on any rank (all ranks agree): skip the step or stop (see below)
+        clip, optimizer.step, scheduler.step, zero_grad
         every log_every: `step 120/10000 | loss 3.41 | lr 2.9e-4 | 41k tok/s | data wait 3%`
         every eval.every: validation loss (+ generation and ROUGE; the best model is exported),
                           one JSON row appended to OUT/eval.jsonl (validate.py)
@@ -38,6 +39,17 @@ progress finishes, a checkpoint is saved, and `train` returns with `stopped_by_s
 entry points then exit with status 143); at most one step, one validation and one checkpoint
 after the signal. Resume with `--resume latest`.
 
+A NaN or infinite loss (of any micro-batch, on any rank) is caught after the backward pass and
+before the optimizer step, on every rank at the same step (one tiny all-reduce; the losses are
+read on the host, one device sync per step). With `optim.max_nonfinite_steps` = N (default 0)
+the first N such steps are skipped: gradients dropped, no optimizer or lr-schedule step, `step`
+not advanced (the next window is tried as the same step number; its micro-batches stay
+consumed), a warning naming the records, and the count in `TrainState.nonfinite_skipped`, the
+`nonfinite_skipped` field of metrics.jsonl rows and the log line. The next one raises
+`NonFiniteLossError` on every rank ("step 17: loss is nan on records [3, 41] (batch of 2
+examples); ..."): nothing of that step is saved, so `--resume latest` continues from the last
+good checkpoint (with a higher `--max-nonfinite-steps` to step over the batch).
+
 Only the main process writes files, except the per-rank RNG state files that
 `accelerator.save_state` writes into each checkpoint (`random_states_<rank>.pkl`).
 """
@@ -59,7 +71,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
@@ -191,7 +203,8 @@ def train(
         disable=not accelerator.is_local_main_process,
     )
     stop = _StopOnSigterm()
-    with logging_redirect_tqdm(), profiler or contextlib.nullcontext(), stop:
+    # The bar is closed (its line ended) however the loop ends, an error line included.
+    with logging_redirect_tqdm(), profiler or contextlib.nullcontext(), stop, progress:
         started = time.monotonic()
         deadline = started + (budget_s if budget_s is not None else math.inf)
         at_end = state.step >= max_steps
@@ -202,9 +215,9 @@ def train(
             window = [next(batches) for _ in range(cfg.optim.grad_accum)]
             interval.data_wait += time.perf_counter() - t0
 
-            keys = _label_keys(window[0])
+            keys = _label_keys(window[0][1])
             local_counts = torch.tensor(
-                [sum(int((b[k] != IGNORE_INDEX).sum()) for b in window) for k in keys],
+                [sum(int((b[k] != IGNORE_INDEX).sum()) for _, b in window) for k in keys],
                 dtype=torch.float64,
                 device=accelerator.device,
             )
@@ -213,24 +226,46 @@ def train(
             # gradient is that of (sum of token losses in the window) / (tokens in the window).
             scale = (accelerator.num_processes * cfg.optim.grad_accum / counts.clamp(min=1)).float()
 
-            for batch in window:
+            window_sums, losses = [], []
+            for _, batch in window:
                 interval.tokens += int(batch["attention_mask"].sum()) + int(
                     (batch["labels"] != IGNORE_INDEX).sum()
                 )
                 batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
-                with accelerator.accumulate(model):
+                with accelerator.accumulate(model):  # DDP syncs gradients on the last one only
                     sums = model(**batch)
                     loss = sum(sums[k] * scale[i] for i, k in enumerate(keys))
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                    optimizer.step()
-                    if accelerator.sync_gradients:
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                interval.add(sums, keys)
+                window_sums.append(sums)
+                losses.append(loss.detach())
             if not accelerator.sync_gradients:
                 raise RuntimeError("accumulation window ended without a gradient sync")
+
+            # A NaN/inf loss on any rank: every rank drops this step's gradients, then skips the
+            # step or stops, before the optimizer could write NaN into the weights.
+            nonfinite = _nonfinite_batches(losses, [records for records, _ in window], accelerator)
+            if nonfinite:
+                optimizer.zero_grad(set_to_none=True)
+                state.nonfinite_skipped += 1
+                what = _describe_nonfinite(state.step + 1, nonfinite, accelerator.num_processes)
+                allowed = cfg.optim.max_nonfinite_steps
+                if state.nonfinite_skipped > allowed:
+                    raise NonFiniteLossError(_stop_message(what, allowed, saved_step))
+                if accelerator.is_main_process:  # every rank knows the same `what`
+                    logger.warning(
+                        "%s; skipped: no optimizer step (%d of optim.max_nonfinite_steps=%d)",
+                        what,
+                        state.nonfinite_skipped,
+                        allowed,
+                    )
+                continue
+            if cfg.optim.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            for sums in window_sums:
+                interval.add(sums, keys)
             state.step += 1
             interval.counts += counts
             if budget_s is None:
@@ -258,7 +293,6 @@ def train(
             if cfg.checkpoint.save_every and (state.step % cfg.checkpoint.save_every == 0):
                 save_checkpoint(accelerator, cfg, out_dir, state.step)
                 saved_step = state.step
-    progress.close()
 
     # --- stopped by SIGTERM: a checkpoint to resume from, then return ------------------------
     if stop.requested:
@@ -443,20 +477,82 @@ class _Interval:
             "lr": lr,
             "tokens_per_s": float(total[-1]) / elapsed,
             "data_wait": self.data_wait / elapsed,
+            "nonfinite_skipped": state.nonfinite_skipped,
         }
         if "mlm_labels" in terms:
             row["gsg_loss"], row["mlm_loss"] = terms["labels"], terms["mlm_labels"]
         logger.info(
-            "step %d/%d | loss %.4g | lr %.2g | %s tok/s | data wait %.0f%%",
+            "step %d/%d | loss %.4g | lr %.2g | %s tok/s | data wait %.0f%%%s",
             state.step,
             max_steps,
             row["loss"],
             lr,
             _fmt_count(row["tokens_per_s"]),
             100 * row["data_wait"],
+            f" | skipped {state.nonfinite_skipped} non-finite" if state.nonfinite_skipped else "",
         )
         self.reset()
         return row
+
+
+class NonFiniteLossError(RuntimeError):
+    """A step's loss was NaN or infinite once more than `optim.max_nonfinite_steps` allows.
+
+    Raised on every rank at the same step, before that step's optimizer update; the message
+    names the step, the loss and the records of each micro-batch that had one."""
+
+
+def _nonfinite_batches(
+    losses: list[torch.Tensor], records: list[list[int]], accelerator: Accelerator
+) -> list[dict[str, Any]]:
+    """The window's micro-batches, on every rank, whose loss is NaN or infinite (the same list
+    on every rank, so that all of them skip or stop together); empty when all are finite.
+
+    Reads the losses on the host, so the step waits for its backward here: the one device sync
+    per step that knowing the loss before the optimizer step costs. The records of the bad
+    micro-batches travel to every rank only when there are some."""
+    finite = torch.isfinite(torch.stack(losses)).tolist()
+    mine = [
+        {"rank": accelerator.process_index, "loss": float(loss), "records": batch_records}
+        for ok, loss, batch_records in zip(finite, losses, records, strict=True)
+        if not ok
+    ]
+    if not _any_rank(bool(mine), accelerator):
+        return []
+    if accelerator.num_processes == 1:
+        return mine
+    everyone: list[dict[str, Any]] = gather_object(mine)
+    return everyone
+
+
+def _describe_nonfinite(step: int, batches: list[dict[str, Any]], num_processes: int) -> str:
+    """`step 17: loss is nan on records [3, 41] (batch of 2 examples)`, one clause per
+    micro-batch (with its rank when there are several processes)."""
+    clauses = []
+    for b in batches:
+        n = len(b["records"])
+        where = f" on rank {b['rank']}" if num_processes > 1 else ""
+        clauses.append(
+            f"loss is {b['loss']} on records {b['records']} "
+            f"(batch of {n} example{'s' if n != 1 else ''}{where})"
+        )
+    return f"step {step}: " + "; ".join(clauses)
+
+
+def _stop_message(what: str, allowed: int, saved_step: int | None) -> str:
+    """The error of a run stopped by a non-finite loss: what happened, that no weights of it
+    were saved, and how to go on."""
+    limit = (
+        "stopped before the optimizer step"
+        if allowed == 0
+        else f"stopped before the optimizer step: more than optim.max_nonfinite_steps={allowed}"
+    )
+    resume = (
+        f"--resume latest continues from the checkpoint of step {saved_step}"
+        if saved_step is not None
+        else "no checkpoint yet, --resume latest starts from step 0"
+    )
+    return f"{what}; {limit}; {resume} (--max-nonfinite-steps N skips up to N such steps)"
 
 
 def _past(deadline: float, accelerator: Accelerator) -> bool:

@@ -45,6 +45,9 @@ class TrainState:
     """The epoch the next micro-batch comes from (0-based)."""
     batch_in_epoch: int = 0
     """Micro-batches this rank consumed in `epoch` (the same number on every rank)."""
+    nonfinite_skipped: int = 0
+    """Steps skipped so far because a loss was NaN or infinite (optim.max_nonfinite_steps); not
+    counted in `step`."""
     best_metric: float | None = None
     """The best validation score so far (higher is better); None before the first one."""
     history: list[dict[str, Any]] = field(default_factory=list)
