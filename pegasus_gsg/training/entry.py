@@ -53,7 +53,7 @@ def parse_run_args(argv: Sequence[str] | None, prog: str, description: str) -> R
         description=description,
         epilog=(
             "Any config key can be overridden: optim.lr=1e-4 or --optim.lr 1e-4 "
-            "(see pegasus_gsg/config.py and configs/*.yaml)."
+            "(see pegasus_gsg/training/config.py and configs/*.yaml)."
         ),
     )
     parser.add_argument("--config", help="YAML config file (e.g. configs/tiny.yaml)")
