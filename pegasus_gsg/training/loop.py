@@ -38,8 +38,10 @@ progress finishes, a checkpoint is saved, and `train` returns with `stopped_by_s
 entry points then exit with status 143); at most one step, one validation and one checkpoint
 after the signal. Resume with `--resume latest`.
 
-Only the main process writes files, except the per-rank RNG state files that
-`accelerator.save_state` writes into each checkpoint (`random_states_<rank>.pkl`).
+Only the global main process (`is_main_process`) writes files, except the per-rank RNG state
+files that `accelerator.save_state` writes into each checkpoint (`random_states_<rank>.pkl`).
+Never `is_local_main_process`: over several machines `--out` is one shared directory
+(machines.py), and each machine's local main process would write the same files.
 """
 
 from __future__ import annotations
@@ -70,6 +72,11 @@ from pegasus_gsg.data.vocab import IGNORE_INDEX
 from pegasus_gsg.training import checkpoint as ckpt
 from pegasus_gsg.training.batches import TrainData, batch_stream, build_loader
 from pegasus_gsg.training.config import OptimConfig, TrainConfig
+from pegasus_gsg.training.machines import (
+    check_shared_out,
+    process_group_kwargs,
+    same_checkpoint,
+)
 from pegasus_gsg.training.model import Seq2SeqLossModel, export, generation_config
 from pegasus_gsg.training.resume import TrainState, cut_logs, resume_from
 from pegasus_gsg.training.validate import validate_and_keep_best
@@ -129,9 +136,11 @@ def train(
         log_with=None if cfg.checkpoint.log_with == "none" else cfg.checkpoint.log_with,
         project_dir=str(out_dir),
         step_scheduler_with_optimizer=False,
+        kwargs_handlers=process_group_kwargs(cfg.collective_timeout_s),
     )
     set_seed(cfg.seed, device_specific=True)  # different dropout per rank, same every run
-    checkpoint = resume_from(resume, out_dir, cfg)
+    check_shared_out(accelerator, out_dir)  # one --out for every machine (machines.py)
+    checkpoint = same_checkpoint(accelerator, resume_from(resume, out_dir, cfg))
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         with files.atomic_file(out_dir / "config.yaml") as tmp:
