@@ -9,6 +9,8 @@ and a few run switches that are not part of the config: `--resume latest|PATH`, 
 Everything a run needs is checked here, before any training: the tokenizer, the stores (which
 refuse a tokenizer other than the one they were prepared with), the model's vocabulary.
 Library errors (ValueError / FileNotFoundError) become one `prog: error: ...` line and exit 1.
+In a multi-process run any other error (a collective failing because a machine was lost) is
+logged with its traceback and exits 1 at once, without tearing down the process group.
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 Read `train` top to bottom; it is a plain PyTorch loop around an `accelerate.Accelerator`:
 
-    set up the Accelerator (bf16 on CUDA, fp32 on CPU; fp16 refused) and seeds
-    --resume: the checkpoint to continue from, refused if of another config (resume.py)
+    set up the Accelerator (bf16 on CUDA, fp32 on CPU; fp16 refused) and seeds; over several
+    machines, check that --out is one shared directory (machines.py)
+    --resume: the checkpoint to continue from, refused if of another config (resume.py);
+              every process loads the one the main process found
     batches:    token-budget, length-bucketed batches from the store, sharded by rank by the
                 sampler itself (batches.py); batches are moved to the device here
     model, optimizer = accelerator.prepare(...)   # DDP on many processes

@@ -19,8 +19,9 @@ arguments; the processes form one process group (NCCL on GPUs, gloo on CPUs).
   by its kernel, so the others fail at their next collective: gloo raises "Connection closed
   by peer" at once, and the entry point exits without tearing down the broken process group
   (entry.py; the teardown alone took ~4 s). Measured on one host with a process per machine:
-  machine 0 exits 0.2-2 s after machine 1 is SIGKILLed. The loop has a collective every step;
-  work the main process does alone (a checkpoint, an export) delays it by its own length.
+  machine 0's process exits 0.2 s after machine 1 is SIGKILLed, its launcher ~2 s after.
+  The loop has a collective every step; work the main process does alone (a checkpoint, an
+  export) delays it by its own length.
 - A machine that vanishes without closing them (power loss, a network partition, a frozen
   process) is noticed only when a collective has waited `collective_timeout_s` (config;
   torch's default without it: 30 min for gloo, 10 min for NCCL; gloo then raises "Timed out
