@@ -6,8 +6,8 @@ run an entry point (one shared `--out`):
     accelerate launch --multi_gpu --num_processes 2 tests/_helpers_train.py AUDIT_DIR \\
         finetune --config ... --out OUT ...
 
-Each rank records the dataset indices it loaded (per store) and a digest of its final parameters in
-`AUDIT_DIR/rank<N>.json`.
+Each rank records the dataset indices it loaded (per store), a digest of its final parameters
+and every path it wrote (`_record_writes`) in `AUDIT_DIR/rank<N>.json`.
 
 Fault injection lives here, in the test seam, never in the library: `PEGASUS_TEST_FAULT`
 (read only by this script) names an instant, and the script patches the library function that
@@ -32,6 +32,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PEGASUS_GSG_DATA", REPO.parent / "shared" / "data"))
 FAULT_ENV = "PEGASUS_TEST_FAULT"
+SHARED_OUT_WAIT_ENV = "PEGASUS_TEST_SHARED_OUT_WAIT_S"
+"""Seconds a process waits to see the shared-out marker (machines.SHARED_OUT_WAIT_S)."""
+STALE_VIEW_ENV = "PEGASUS_TEST_STALE_VIEW"
+"""The rank whose `--resume latest` finds no checkpoint (a machine whose view lags)."""
 TINY_MODEL = [
     "model.d_model=32",
     "model.encoder_layers=1",
@@ -55,6 +59,7 @@ FAULTS = {
     "in_export": "SIGKILL with the final model/ in staging, before the swap",
     "sigterm": "SIGTERM to the launcher right after optimizer step N (mid-step)",
     "nan_loss": "the loss of training micro-batch N (1-based, of rank R) is NaN",
+    "freeze": "SIGSTOP rank R right after optimizer step N (a machine gone, connections open)",
 }
 """Fault kinds for `PEGASUS_TEST_FAULT=KIND:N[:RANK]` (RANK defaults to 0)."""
 
@@ -258,6 +263,8 @@ def _arm(spec: str, rank: int) -> None:
             _kill_job()
         if self.last_epoch == step and kind == "sigterm":
             _sigterm_launcher_and_wait()
+        if self.last_epoch == step and kind == "freeze":
+            os.kill(os.getpid(), signal.SIGSTOP)
         return out
 
     _wrap(torch.optim.lr_scheduler.LambdaLR, "step", scheduler_step)
@@ -309,15 +316,82 @@ def _arm(spec: str, rank: int) -> None:
     assert loop.ckpt is ckpt and validate.ckpt is ckpt
 
 
+def _record_writes() -> set[str]:
+    """Patch the ways this process can write a file, and return the set of absolute paths it
+    writes from then on: files opened for writing (Python's `open`, `os.open`), rename and
+    replace targets, safetensors and `torch.save` files (written from Rust and C++, past
+    Python's `open`)."""
+    import builtins
+    import io
+
+    import safetensors.torch
+    import torch.serialization
+
+    written: set[str] = set()
+
+    def note(path: Any) -> None:
+        if isinstance(path, (str, bytes, os.PathLike)):  # TensorBoard opens bytes paths
+            written.add(os.path.abspath(os.fsdecode(path)))
+
+    def opening(original: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(file: Any, mode: str = "r", *a: Any, **k: Any) -> Any:
+            if any(c in mode for c in "wax+"):
+                note(file)
+            return original(file, mode, *a, **k)
+
+        return wrapper
+
+    builtins.open = io.open = opening(io.open)  # type: ignore[assignment]
+    raw_open, rename, replace = os.open, os.rename, os.replace
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def os_open(path: Any, flags: int, *a: Any, **k: Any) -> int:
+        if flags & writing:
+            note(path)
+        return raw_open(path, flags, *a, **k)
+
+    def renaming(original: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(src: Any, dst: Any, *a: Any, **k: Any) -> Any:
+            note(dst)
+            return original(src, dst, *a, **k)
+
+        return wrapper
+
+    os.open, os.rename, os.replace = os_open, renaming(rename), renaming(replace)  # type: ignore[assignment]
+    serialize = safetensors.torch.serialize_file
+
+    def serialize_file(tensors: Any, filename: Any, *a: Any, **k: Any) -> Any:
+        note(filename)
+        return serialize(tensors, filename, *a, **k)
+
+    safetensors.torch.serialize_file = serialize_file
+    zip_writer = torch.serialization._open_zipfile_writer
+
+    def open_zipfile_writer(name_or_buffer: Any) -> Any:
+        note(name_or_buffer)
+        return zip_writer(name_or_buffer)
+
+    torch.serialization._open_zipfile_writer = open_zipfile_writer
+    return written
+
+
 def _launch(audit_dir: Path, entry: str, argv: list[str]) -> int:
     import importlib
 
     from pegasus_gsg.data import datasets as data
+    from pegasus_gsg.training import machines
     from pegasus_gsg.training.entry import run_cli
 
     rank = int(os.environ.get("RANK", "0"))
     if os.environ.get(FAULT_ENV):
         _arm(os.environ[FAULT_ENV], rank)
+    if os.environ.get(SHARED_OUT_WAIT_ENV):  # the refusal test need not wait a minute
+        machines.SHARED_OUT_WAIT_S = float(os.environ[SHARED_OUT_WAIT_ENV])
+    if os.environ.get(STALE_VIEW_ENV) == str(rank):  # sees no checkpoint, as a lagging NFS
+        from pegasus_gsg.training import checkpoint as ckpt
+
+        ckpt.latest_checkpoint = lambda root: None
+    written = _record_writes()
     seen: dict[str, list[int]] = {}  # store path -> indices loaded from it
     for cls in (data.FinetuneDataset, data.PretrainingDataset):
         original = cls.__getitem__
@@ -352,6 +426,9 @@ def _launch(audit_dir: Path, entry: str, argv: list[str]) -> int:
                     "digest": param_digest(results[0].model),
                     "steps": results[0].state.step,
                     "exit": code,
+                    "writes": sorted(written),
+                    "local_rank": int(os.environ.get("LOCAL_RANK", "0")),
+                    "machine": int(os.environ.get("GROUP_RANK", "0")),
                 }
             )
         )

@@ -355,6 +355,7 @@ _NOT_FINGERPRINTED = (
     "data.num_workers",
     "model.init_from",
     "compile",
+    "collective_timeout_s",
     "eval",
     "schedule.max_minutes",
     "optim.max_nonfinite_steps",
@@ -376,6 +377,13 @@ class TrainConfig:
     overflows to NaN in it."""
     compile: bool = False
     """Wrap the model in torch.compile."""
+    collective_timeout_s: float | None = None
+    """Seconds a process waits in a collective (all-reduce, barrier) for the others before the
+    run fails, > 0: how long the surviving machines of a multi-machine run wait for one that
+    vanished without closing its connections (power loss, a network partition; a killed one
+    is noticed at once). It must exceed the longest work the main process does while the
+    others wait (saving a checkpoint, exporting the model). None = torch's default (30 min for
+    gloo, 10 min for NCCL). See pegasus_gsg/training/machines.py."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The model's shape or starting weights (`model.*` keys)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -397,6 +405,13 @@ class TrainConfig:
             )
         _check_choices(self, "")
         _check(self.seed >= 0, "seed", self.seed, "an int >= 0")
+        if self.collective_timeout_s is not None:
+            _check(
+                self.collective_timeout_s > 0,
+                "collective_timeout_s",
+                self.collective_timeout_s,
+                "> 0 seconds or none",
+            )
         longest = max(self.data.max_input_len, self.data.max_target_len)
         if self.model.init_from is None:
             _check(

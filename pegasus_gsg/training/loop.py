@@ -2,8 +2,10 @@
 
 Read `train` top to bottom; it is a plain PyTorch loop around an `accelerate.Accelerator`:
 
-    set up the Accelerator (bf16 on CUDA, fp32 on CPU; fp16 refused) and seeds
-    --resume: the checkpoint to continue from, refused if of another config (resume.py)
+    set up the Accelerator (bf16 on CUDA, fp32 on CPU; fp16 refused) and seeds; over several
+    machines, check that --out is one shared directory (machines.py)
+    --resume: the checkpoint to continue from, refused if of another config (resume.py);
+              every process loads the one the main process found
     batches:    token-budget, length-bucketed batches from the store, sharded by rank by the
                 sampler itself (batches.py); batches are moved to the device here
     model, optimizer = accelerator.prepare(...)   # DDP on many processes
@@ -50,8 +52,10 @@ consumed), a warning naming the records, and the count in `TrainState.nonfinite_
 examples); ..."): nothing of that step is saved, so `--resume latest` continues from the last
 good checkpoint (with a higher `--max-nonfinite-steps` to step over the batch).
 
-Only the main process writes files, except the per-rank RNG state files that
-`accelerator.save_state` writes into each checkpoint (`random_states_<rank>.pkl`).
+Only the global main process (`is_main_process`) writes files, except the per-rank RNG state
+files that `accelerator.save_state` writes into each checkpoint (`random_states_<rank>.pkl`).
+Never `is_local_main_process`: over several machines `--out` is one shared directory
+(machines.py), and each machine's local main process would write the same files.
 """
 
 from __future__ import annotations
@@ -82,6 +86,11 @@ from pegasus_gsg.data.vocab import IGNORE_INDEX
 from pegasus_gsg.training import checkpoint as ckpt
 from pegasus_gsg.training.batches import TrainData, batch_stream, build_loader
 from pegasus_gsg.training.config import OptimConfig, TrainConfig
+from pegasus_gsg.training.machines import (
+    check_shared_out,
+    process_group_kwargs,
+    same_checkpoint,
+)
 from pegasus_gsg.training.model import Seq2SeqLossModel, export, generation_config
 from pegasus_gsg.training.resume import TrainState, cut_logs, resume_from
 from pegasus_gsg.training.validate import validate_and_keep_best
@@ -141,9 +150,11 @@ def train(
         log_with=None if cfg.checkpoint.log_with == "none" else cfg.checkpoint.log_with,
         project_dir=str(out_dir),
         step_scheduler_with_optimizer=False,
+        kwargs_handlers=process_group_kwargs(cfg.collective_timeout_s),
     )
     set_seed(cfg.seed, device_specific=True)  # different dropout per rank, same every run
-    checkpoint = resume_from(resume, out_dir, cfg)
+    check_shared_out(accelerator, out_dir)  # one --out for every machine (machines.py)
+    checkpoint = same_checkpoint(accelerator, resume_from(resume, out_dir, cfg))
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         with files.atomic_file(out_dir / "config.yaml") as tmp:
