@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -265,7 +266,11 @@ def test_killed_machine_fails_the_other_within_seconds_then_both_resume_exactly(
         f"{failed_at - killed_at:.1f} s"
     )
     assert failed_at - killed_at < KILLED_FAILS_WITHIN_S
-    assert "Connection closed by peer" in job.output(0)  # gloo's verdict, at once
+    # gloo's verdict, at once; which socket error it names depends on where the peer's close
+    # finds it (reading: closed by peer; writing: reset by peer or a broken pipe)
+    assert re.search(r"Connection (closed|reset) by peer|Broken pipe", job.output(0)), job.output(
+        0
+    )[-3000:]
     assert not (job.audit / "rank0.json").exists()  # nobody finished
     # Step 3's row needs machine 1's losses (an all-reduce): machine 0 failed there.
     assert [r[0] for r in rows(out / "metrics.jsonl", "step")] == [1, 2]
