@@ -39,10 +39,9 @@ Shared machines: the load average is printed next to the results; compare the ra
 run, not absolute rates between runs. Two MFU columns: per wall second (MFU: achieved / GEMM
 peak per wall second, both under whatever load there was) and per CPU second of this process
 (MFU(cpu): FLOPs / CPU s over the GEMM's FLOPs / CPU s), the one that survives a noisy
-neighbour; for 2 threads it also charges the second thread's spin-waiting. `--quick` (1 step
-per window, no torch.compile) took 314 s at load average 6 on the 2-core development machine,
-where this process got ~40% of a core: ~2 minutes on a quiet one; the default run is ~3x that
-plus compile time.
+neighbour; for 2 threads it also charges the second thread's spin-waiting. On the 2-core
+development machine at load average 3-4 (2026-12-03): the default run took 647 s (compile
+114 s + 69 s of it), `--quick` (1 step per window, no torch.compile) 134 s.
 
     .venv/bin/python benchmarks/bench_cpu_mfu.py [--quick] [--variants today,eager,...]
 """
