@@ -9,9 +9,10 @@ the candidate speed-ups buy, measured side by side in one run.
    (forward + backward of the real step: `Seq2SeqLossModel`, so the output projection runs only
    at label positions). FlopCounterMode counts matmuls (mm/addmm/bmm and attention); it has no
    formula for the CPU SDPA kernel (`_scaled_dot_product_flash_attention_for_cpu`, which
-   transformers uses by default), so `count_flops` adds one (the same formula as for the CUDA
-   SDPA kernels): without it attention would silently count 0. Element-wise ops, layer norm,
-   softmax and the optimizer are not counted (the usual MFU convention).
+   transformers uses by default), so `count_flops` adds one (forward: torch's SDPA formula;
+   backward: 2x forward, as eager attention counts, without the flash kernel's recompute):
+   without it attention would silently count 0. Element-wise ops, layer norm, softmax and the
+   optimizer are not counted (the usual MFU convention); padded positions are (they run).
 3. Shapes: DialogSum (configs/dialogsum_finetune.yaml: d_model 256, 4+4 layers, 8,000-id
    vocabulary, lengths 384/96, 4,096-token batches) and the demo's fine-tuning stage
    (configs/demo_finetune.yaml: the tiny preset, 4,000 ids, lengths 256/32, 4,096-token
