@@ -112,20 +112,30 @@ def param_digest(model: Any) -> str:
     return h.hexdigest()
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rows(path: Path, *keys: str) -> list[tuple[Any, ...]]:
+    """The deterministic part of each row of a jsonl log (timings differ from run to run)."""
+    return [tuple(json.loads(line)[k] for k in keys) for line in path.read_text().splitlines()]
+
+
 def launch_two_ranks(
     audit_dir: Path, entry: str, argv: list[str], *, fault: str | None = None, timeout: int = 300
 ) -> subprocess.CompletedProcess[str]:
     """`accelerate launch --multi_gpu --num_processes 2` of this script running `entry`
     (finetune/pretrain) with `argv`; the job is killed, and the test failed, after `timeout`
     seconds (a hang)."""
-    import socket
-
     import psutil
     import pytest
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,12 +22,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _helpers_train import (
-    FAULT_ENV,
     TINY_MODEL,
     aeslc_pairs,
     entry_argv,
+    launch_two_ranks,
     param_digest,
     prepare_store,
+    rows,
     write_jsonl,
 )
 
@@ -58,12 +56,6 @@ RUN = [
 """8 steps of one micro-batch per rank; checkpoints at 2, 4, 6, 8; validation at 3, 6, 8."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def stores(tiny_tokenizer_dir, shared_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mp_stores")
@@ -78,49 +70,12 @@ def stores(tiny_tokenizer_dir, shared_data, tmp_path_factory):
 
 def launch(stores, out: Path, audit: Path, *extra: str, fault: str | None = None):
     """`accelerate launch --multi_gpu --num_processes 2` of finetune with one shared --out."""
-    cmd = [
-        sys.executable,  # `accelerate launch`, without relying on the console script's path
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        str(REPO / "tests" / "_helpers_train.py"),
-        str(audit),
-        "finetune",
+    argv = [
         *entry_argv(stores["train"], stores["tokenizer"], out, *RUN, *extra),
         "--validation",
         str(stores["validation"]),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    env.pop(FAULT_ENV, None)
-    if fault:
-        env[FAULT_ENV] = fault
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        stdout, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        import psutil
-
-        for child in psutil.Process(proc.pid).children(recursive=True):  # the ranks too
-            child.kill()
-        proc.kill()
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"accelerate launch did not finish in 300 s:\n{stderr[-4000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
-
-
-def rows(path: Path, *keys: str) -> list[tuple]:
-    """The deterministic part of each row (timings differ from run to run)."""
-    return [tuple(json.loads(line)[k] for k in keys) for line in path.read_text().splitlines()]
+    return launch_two_ranks(audit, "finetune", argv, fault=fault)
 
 
 def weights(out: Path) -> str:

@@ -40,10 +40,11 @@ from _helpers_train import (
     TINY_MODEL,
     aeslc_pairs,
     entry_argv,
+    free_port,
     prepare_store,
+    rows,
     write_jsonl,
 )
-from test_multiprocess import free_port, rows
 
 pytestmark = pytest.mark.slow
 
