@@ -432,6 +432,26 @@ def test_wall_clock_budget_stops_and_exports(stores, tmp_path):
     assert [json.loads(x)["step"] for x in metrics] == [1]
 
 
+def test_stop_at_step_then_resume_is_the_straight_run(stores, tmp_path):
+    # A staged run (a sweep candidate stopped early, then continued): the stop saves a
+    # checkpoint off the save_every grid and exports; the continuation ends where one
+    # uninterrupted run to max_steps ends, because the lr schedule always ran to max_steps.
+    common = ("schedule.max_steps=12", "schedule.decay=linear", "schedule.warmup_steps=2",
+              "checkpoint.save_every=5", "data.max_tokens=512", "data.max_samples=24")  # fmt: skip
+    straight = finetune(stores, tmp_path / "straight", *common)
+    staged = finetune(stores, tmp_path / "staged", *common, "schedule.stop_at_step=7")
+    assert staged.state.step == 7
+    assert (tmp_path / "staged" / "model" / "model.safetensors").is_file()
+    saved = sorted(p.name for p in (tmp_path / "staged" / "checkpoints").iterdir())
+    assert saved == ["step_00000005", "step_00000007"]
+    assert losses(tmp_path / "staged") == pytest.approx(losses(tmp_path / "straight")[:7])
+    resumed = finetune(stores, tmp_path / "staged", *common, resume="latest")
+    assert resumed.state.step == 12
+    assert losses(tmp_path / "staged") == pytest.approx(losses(tmp_path / "straight"), rel=1e-6)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_resume_latest_steps_over_a_partial_checkpoint_and_cuts_the_logs(stores, tmp_path, caplog):
     """The state a kill inside a save used to leave: `step_N` without its run config (an older
     trainer saved in place), a staging directory, rows after the checkpoint and a torn line."""

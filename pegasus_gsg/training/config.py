@@ -226,6 +226,11 @@ class ScheduleConfig:
     """Also stop (evaluate, export) after this many wall-clock minutes, > 0; the lr schedule
     still follows max_steps/epochs. None = no time limit. For time-boxed runs such as the
     demo."""
+    stop_at_step: int | None = None
+    """Stop (checkpoint when checkpoint.save_every > 0, validate, export) after this optimizer
+    step although the lr schedule runs to max_steps; `--resume latest` without it continues
+    the same run to max_steps. For staged runs: a learning-rate sweep whose winner continues.
+    None = run to max_steps."""
 
     def __post_init__(self) -> None:
         _check_choices(self, "schedule.")
@@ -242,6 +247,8 @@ class ScheduleConfig:
             _check(self.epochs >= 1, "schedule.epochs", self.epochs, "an int >= 1")
         if self.max_minutes is not None:
             _check(self.max_minutes > 0, "schedule.max_minutes", self.max_minutes, "> 0 or none")
+        if self.stop_at_step is not None:
+            _check(self.stop_at_step >= 1, "schedule.stop_at_step", self.stop_at_step, ">= 1")
 
 
 @dataclass
@@ -358,6 +365,7 @@ _NOT_FINGERPRINTED = (
     "collective_timeout_s",
     "eval",
     "schedule.max_minutes",
+    "schedule.stop_at_step",
     "optim.max_nonfinite_steps",
 )
 

@@ -25,6 +25,8 @@ Read `train` top to bottom; it is a plain PyTorch loop around an `accelerate.Acc
         every save_every: a checkpoint (complete or absent, see checkpoint.py),
                           keeping the newest `keep`
         on SIGTERM (all ranks agree at the next step): a checkpoint, then stop
+    the loop ends at max_steps, at schedule.stop_at_step (a checkpoint is saved there, for a
+    later `--resume latest` to go on to max_steps) or at schedule.max_minutes
     export the final model with save_pretrained (+ tokenizer + GenerationConfig)
 
 Why normalise over the window: with token-budget batches the number of targets per micro-batch
@@ -218,7 +220,8 @@ def train(
     with logging_redirect_tqdm(), profiler or contextlib.nullcontext(), stop, progress:
         started = time.monotonic()
         deadline = started + (budget_s if budget_s is not None else math.inf)
-        at_end = state.step >= max_steps
+        stop_at = min(max_steps, cfg.schedule.stop_at_step or max_steps)
+        at_end = state.step >= stop_at
         while not at_end:
             if stop.agreed(accelerator):
                 break
@@ -287,7 +290,7 @@ def train(
             if profiler is not None:
                 profiler.step()
 
-            at_end = state.step == max_steps or _past(deadline, accelerator)
+            at_end = state.step == stop_at or _past(deadline, accelerator)
             if state.step % cfg.checkpoint.log_every == 0 or at_end:
                 lr = float(scheduler.get_last_lr()[0])
                 row = interval.flush(accelerator, state, max_steps, lr)
@@ -301,7 +304,11 @@ def train(
                 validate_and_keep_best(
                     unwrapped, tokenizer, val_set, cfg, accelerator, state, eval_file, best_dir
                 )
-            if cfg.checkpoint.save_every and (state.step % cfg.checkpoint.save_every == 0):
+            # A stop at schedule.stop_at_step saves too: the run is meant to be continued.
+            staged_stop = at_end and state.step == stop_at < max_steps
+            if cfg.checkpoint.save_every and (
+                state.step % cfg.checkpoint.save_every == 0 or staged_stop
+            ):
                 save_checkpoint(accelerator, cfg, out_dir, state.step)
                 saved_step = state.step
 
