@@ -28,7 +28,8 @@ class ServingConfig:
     full batch in hand it also takes those already queued, up to this many (<= max_batch_size:
     one batch's worth, the behaviour before this setting). Acts only when requests queue up
     behind the running batch; 64 measured +7-12% req/s on natural-length news at concurrency
-    32 (docs/serving.md, "What to tune")."""
+    32 (docs/serving.md, "What to tune"). Requests taken into a window count in the queue
+    depth (metrics) but no longer against max_queue."""
     max_queue: int = 256
     """Most requests waiting for the worker; more get RESOURCE_EXHAUSTED (>= 1)."""
     max_input_tokens: int | None = None
@@ -53,7 +54,8 @@ class ServingConfig:
     inter_threads: int = 1
     """ctranslate2 only: model replicas that decode parts of one batch in parallel, each with
     threads // inter_threads intra-op threads (weights shared). 1 = one replica using every
-    thread: on the measured 2-core CPU the faster layout (docs/serving.md, "What to tune")."""
+    thread: 2 measured mixed on a busy 2-core CPU (greedy +22%, beam 4 -11%; docs/serving.md,
+    "What to tune"), so it is not the default."""
 
     def intra_threads(self) -> int:
         """Intra-op threads of each ctranslate2 replica (0 = ctranslate2's default)."""
