@@ -60,6 +60,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "max_batch_size",
         "max_batch_tokens",
         "max_wait_ms",
+        "length_window",
         "max_queue",
         "max_new_tokens_limit",
         "max_num_beams",
@@ -78,6 +79,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     engine.add_argument(
         "--compute-type",
         help="ctranslate2: float32 (CPU default), int8, bfloat16 (GPU default), float16, ...",
+    )
+    engine.add_argument(
+        "--ct2-inter-threads",
+        type=int,
+        default=serving.inter_threads,
+        help="ctranslate2: replicas decoding parts of one batch in parallel, each with "
+        "--torch-threads / this many threads (default %(default)s)",
     )
     engine.add_argument(
         "--ct2-cache-dir", type=Path, help="ctranslate2: conversion cache (default MODEL/.ct2)"
@@ -158,6 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_batch_tokens=args.max_batch_tokens,
         max_wait_ms=args.max_wait_ms,
+        length_window=args.length_window,
         max_queue=args.max_queue,
         max_input_tokens=args.max_input_tokens,
         max_new_tokens_limit=args.max_new_tokens_limit,
@@ -168,6 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
         compute_type=args.compute_type,
         ct2_cache_dir=args.ct2_cache_dir,
         threads=threads,
+        inter_threads=args.ct2_inter_threads,
     )
     app = SummarizerServer(listen, lambda: SummarizerModel(args.model, serving))
 

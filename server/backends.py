@@ -99,7 +99,11 @@ class Ct2Backend:
         else:
             path = ct2.cached_conversion(model_dir, compute_type, config.ct2_cache_dir)
         self.decoder = ct2.Ct2Decoder(
-            path, device=device, compute_type=compute_type, threads=config.threads
+            path,
+            device=device,
+            compute_type=compute_type,
+            threads=config.intra_threads(),
+            inter_threads=config.inter_threads,
         )
         self.compute_type = self.decoder.compute_type
         self.path = path

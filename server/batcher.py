@@ -6,12 +6,15 @@ worker thread owns the model:
 
 1. it blocks for the first job, then keeps collecting until `max_wait_ms` have passed or
    `max_batch_size` jobs are in hand (jobs already queued are taken at once); so a request
-   waits at most the batch in progress plus `max_wait_ms` before its own batch starts;
+   waits at most the batch in progress plus `max_wait_ms` before its own batch starts. With a
+   full batch in hand it also takes jobs already queued, up to `length_window` in all, without
+   waiting: a larger pool to sort in step 3 when requests queue up faster than batches finish;
 2. jobs whose deadline passed or that were cancelled while queued are dropped, never computed;
 3. the rest are grouped by generation options (only identical options share a `generate` call;
    seeded sampling and streams run alone), each group is sorted by input length and cut into
    batches of at most `max_batch_size` requests and `max_batch_tokens` padded input tokens, so
-   requests of similar length share a batch and little compute goes to padding;
+   requests of similar length share a batch and little compute goes to padding (the batches of
+   one window run shortest first);
 4. each batch goes to the model's `generate` (server/backends.py pads it on the right, which
    leaves batched greedy output equal to unbatched output);
 5. if a batched `generate` raises, each member is retried alone, so one bad request fails only
@@ -31,7 +34,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
@@ -151,6 +154,7 @@ class Batcher:
         self._stats_lock = threading.Lock()
         self._on_batch = on_batch
         self._closed = False
+        self._window_waiting = 0
         self._thread = threading.Thread(target=self._run, name="batching-worker", daemon=True)
         self._thread.start()
 
@@ -172,7 +176,8 @@ class Batcher:
         return job.future
 
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        """Requests waiting for the worker: queued, or taken into a window but not yet run."""
+        return self._queue.qsize() + self._window_waiting
 
     def stats(self) -> BatchingStats:
         with self._stats_lock:
@@ -203,6 +208,16 @@ class Batcher:
             if job is None:
                 return window, True
             window.append(job)
+        # A full batch and more already queued: take up to length_window jobs (no waiting), so
+        # that sorting by length puts similar lengths together across several batches.
+        while len(window) < self.config.length_window:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return window, True
+            window.append(job)
         return window, False
 
     def _run(self) -> None:
@@ -221,23 +236,44 @@ class Batcher:
                         self._finish_failed(job, err)
 
     def _process(self, window: list[Job]) -> None:
-        now = time.monotonic()
-        live = []
+        live: list[Job] = []
+        cancelled: list[Job] = []
         for job in window:
-            if job.abandoned(now) or not job.future.set_running_or_notify_cancel():
-                if job.streamer is not None:
-                    job.streamer.end()
-                if not job.future.done():
-                    job.future.set_exception(DroppedError("deadline passed while queued"))
-                self._count(dropped=1)
-            else:
-                live.append(job)
+            (live if job.future.set_running_or_notify_cancel() else cancelled).append(job)
+        self._drop(cancelled)
         groups: dict[object, list[Job]] = {}
         for job in live:
             groups.setdefault(job.batch_key(), []).append(job)
-        for group in groups.values():
-            for batch in self._split(sorted(group, key=lambda j: len(j.prepared.input_ids))):
-                self._run_batch(batch)
+        batches = [
+            batch
+            for group in groups.values()
+            for batch in self._split(sorted(group, key=lambda j: len(j.prepared.input_ids)))
+        ]
+        self._window_waiting = len(live)
+        try:
+            self._run_batches(batches)
+        finally:
+            self._window_waiting = 0
+
+    def _run_batches(self, batches: list[list[Job]]) -> None:
+        for batch in batches:
+            # Checked per batch: a large window's last batches start well after it was taken.
+            now = time.monotonic()
+            abandoned = [job.abandoned(now) for job in batch]
+            self._drop(job for job, gone in zip(batch, abandoned, strict=True) if gone)
+            self._window_waiting -= len(batch)
+            run = [job for job, gone in zip(batch, abandoned, strict=True) if not gone]
+            if run:
+                self._run_batch(run)
+
+    def _drop(self, jobs: Iterable[Job]) -> None:
+        """Fail jobs nobody waits for any more (deadline passed or cancelled) uncomputed."""
+        for job in jobs:
+            if job.streamer is not None:
+                job.streamer.end()
+            if not job.future.done():
+                job.future.set_exception(DroppedError("deadline passed while queued"))
+            self._count(dropped=1)
 
     def _split(self, jobs: list[Job]) -> list[list[Job]]:
         """Cut length-sorted jobs into batches within the size and padded-token budgets."""

@@ -163,6 +163,18 @@ def test_streamed_tokens_equal_the_batch_output(decoder, inputs):
     assert [list(decoder.generate_tokens(x, options)) for x in inputs[:10]] == batch
 
 
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_inter_thread_replicas_split_a_batch_and_keep_its_order(decoder, inputs, num_beams):
+    # 2 replicas decode 10 + 9 of 19 inputs in parallel; rows come back in input order
+    options = GenerationOptions(max_new_tokens=MAX_NEW, num_beams=num_beams)
+    replicas = ct2.Ct2Decoder(decoder.path, threads=1, inter_threads=2)
+    assert (replicas.sub_batch_size(19), decoder.sub_batch_size(19)) == (10, 0)
+    sources = inputs[:19][::-1]
+    got = replicas.generate(sources, options)
+    assert got == decoder.generate(sources, options)
+    assert len({tuple(row) for row in got}) > 5
+
+
 def test_seeded_sampling_repeats_with_the_seed(decoder, inputs):
     options = GenerationOptions(max_new_tokens=MAX_NEW, do_sample=True, top_p=0.95, seed=7)
     first = decoder.generate(inputs[:1], options)

@@ -463,9 +463,13 @@ class Ct2Decoder:
         device: str = "cpu",
         compute_type: str | None = None,
         threads: int = 0,
+        inter_threads: int = 1,
         check_int8: bool = True,
     ) -> None:
         ct2 = _ctranslate2()
+        if inter_threads < 1:
+            raise ValueError(f"inter_threads must be >= 1, got {inter_threads}")
+        self.inter_threads = inter_threads
         self.path = Path(ct2_dir)
         if not is_ct2_dir(self.path):
             raise FileNotFoundError(
@@ -477,7 +481,7 @@ class Ct2Decoder:
         self._translator_kwargs = {
             "device": device,
             "compute_type": self.compute_type,
-            "inter_threads": 1,
+            "inter_threads": inter_threads,
             "intra_threads": threads,
         }
         self.translator = ct2.Translator(str(self.path), **self._translator_kwargs)
@@ -564,6 +568,11 @@ class Ct2Decoder:
             "sampling_temperature": options.temperature,
         }
 
+    def sub_batch_size(self, n: int) -> int:
+        """Sources per sub-batch: one batch split evenly over the `inter_threads` replicas,
+        which decode their parts in parallel (0 = the whole batch on one replica)."""
+        return 0 if self.inter_threads == 1 else -(-n // self.inter_threads)
+
     def _finish(self, ids: list[int], forced: bool) -> list[int]:
         if forced and (not ids or ids[-1] != self.eos_id):
             ids = [*ids, self.eos_id]
@@ -592,6 +601,7 @@ class Ct2Decoder:
         rerank = forced and options.num_beams > 1 and options.length_penalty != 0
         results = self._translator_for(options).translate_batch(
             [self.tokens(s) for s in sources],
+            max_batch_size=self.sub_batch_size(len(sources)),
             beam_size=options.num_beams,
             num_hypotheses=options.num_beams if rerank else 1,
             length_penalty=options.length_penalty,
