@@ -108,22 +108,33 @@ def prepare_args(corpus: Path, tokenizer: Path, out: Path, *extra: str) -> list[
 
 # --- prepare -----------------------------------------------------------------------------------
 
+SET = ["--rows-per-shard", "50"]
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus: Path, tiny_tokenizer_dir: Path, tmp_path_factory) -> dict[str, Path]:
+    """Undisturbed prepares: a store and a store set (50-row shards) of `corpus`."""
+    root = tmp_path_factory.mktemp("disk_full_prepared")
+    assert cli(prepare_args(corpus, tiny_tokenizer_dir, root / "store")) == 0
+    assert cli(prepare_args(corpus, tiny_tokenizer_dir, root / "set", *SET)) == 0
+    return {"store": root / "store", "set": root / "set"}
+
+
 PREPARE_CASES = {
     # (file-size limit, extra args, what fails): a 20-row chunk is ~6.5 kB, the store's
     # tokens.npy ~26 kB, a 50-row shard's ~6.6 kB.
     "chunk": (2_000, [], "chunks/0000000.npz"),
     "store": (10_000, [], ""),
-    "store set shard": (3_000, ["--rows-per-shard", "50"], None),
+    "store set shard": (3_000, SET, None),
 }
 
 
 @pytest.mark.parametrize("case", list(PREPARE_CASES))
 def test_prepare_on_a_full_disk_fails_cleanly_and_the_rerun_is_identical(
-    case: str, corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path, capsys
+    case: str, corpus: Path, tiny_tokenizer_dir: Path, prepared, tmp_path: Path, capsys
 ) -> None:
     limit, extra, failing = PREPARE_CASES[case]
-    reference, out = tmp_path / "reference", tmp_path / "out"
-    assert cli(prepare_args(corpus, tiny_tokenizer_dir, reference, *extra)) == 0
+    reference, out = prepared["set" if extra else "store"], tmp_path / "out"
 
     failed = one_line(
         run_limited(limit, "pegasus_gsg", *prepare_args(corpus, tiny_tokenizer_dir, out, *extra))
@@ -156,20 +167,21 @@ def test_prepare_on_a_full_disk_fails_cleanly_and_the_rerun_is_identical(
 
 
 def evaluate_args(model: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
-    return ["evaluate", "--model", str(model), "--input", str(corpus), "--max-samples", "20",
+    return ["evaluate", "--model", str(model), "--input", str(corpus), "--max-samples", "8",
             "--bootstrap", "10", "--out", str(out), *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_full_disk_writes_no_predictions_and_the_rerun_is_identical(
     corpus: Path, tiny_summarizer_dir: Path, tmp_path: Path, capsys
 ) -> None:
     reference, out = tmp_path / "reference.jsonl", tmp_path / "predictions.jsonl"
     assert cli(evaluate_args(tiny_summarizer_dir, corpus, reference)) == 0
     size = reference.stat().st_size
-    assert size > 2_000  # the limit below cuts it
+    assert size > 600  # the limit below cuts it
 
     failed = one_line(
-        run_limited(2_000, "pegasus_gsg", *evaluate_args(tiny_summarizer_dir, corpus, out))
+        run_limited(600, "pegasus_gsg", *evaluate_args(tiny_summarizer_dir, corpus, out))
     )
     assert failed["prog"] == "pegasus-gsg evaluate"
     assert Path(failed["path"]) == out
@@ -193,26 +205,31 @@ def format_size(n: int) -> str:
     return format_bytes(n)
 
 
+@pytest.mark.slow
 def test_the_ctranslate2_cache_on_a_full_disk_is_not_left_half_converted(
     corpus: Path, tiny_summarizer_dir: Path, tmp_path: Path, capsys
 ) -> None:
     pytest.importorskip("ctranslate2")
     from pegasus_gsg.evaluation import ct2
 
-    # A copy: other tests may have filled the shared model's cache already.
-    model = Path(shutil.copytree(tiny_summarizer_dir, tmp_path / "model",
-                                 ignore=shutil.ignore_patterns(".ct2")))  # fmt: skip
-    reference = ct2.convert(model, tmp_path / "reference-ct2", "float32")
-    weights = (reference / "model.bin").stat().st_size
+    # Copies: other tests may have filled the shared model's cache already.
+    undisturbed, model = (
+        Path(shutil.copytree(tiny_summarizer_dir, tmp_path / name,
+                             ignore=shutil.ignore_patterns(".ct2")))
+        for name in ("undisturbed", "model")
+    )  # fmt: skip
+    reference = tmp_path / "reference.jsonl"
+    assert cli(evaluate_args(undisturbed, corpus, reference, "--backend", "ctranslate2")) == 0
+    (converted,) = (undisturbed / ".ct2").iterdir()
     out = tmp_path / "predictions.jsonl"
     args = evaluate_args(model, corpus, out, "--backend", "ctranslate2")
 
-    limit = weights // 2  # the predictions fit, the converted weights do not
+    limit = (converted / "model.bin").stat().st_size // 2  # the predictions fit, not the weights
     failed = one_line(run_limited(limit, "pegasus_gsg", *args))
     assert failed["prog"] == "pegasus-gsg evaluate"
     assert failed["reason"] == EFBIG.format(limit)
     target = Path(failed["path"])
-    assert target.parent == model / ".ct2" and target.name.startswith("float32-"), target
+    assert target == model / ".ct2" / converted.name  # the same key: same model and settings
     assert failed["needed"] == format_size(ct2.conversion_bytes(model, "float32"))
     assert not target.exists() and list((model / ".ct2").iterdir()) == []  # no temp dir either
     assert not out.exists()
@@ -220,10 +237,8 @@ def test_the_ctranslate2_cache_on_a_full_disk_is_not_left_half_converted(
     capsys.readouterr()
     assert cli(args) == 0
     assert ct2.is_ct2_dir(target)
-    assert (target / "model.bin").read_bytes() == (reference / "model.bin").read_bytes()
-    again = tmp_path / "again.jsonl"  # the cached conversion, undisturbed: the same summaries
-    assert cli(evaluate_args(model, corpus, again, "--backend", "ctranslate2")) == 0
-    assert out.read_bytes() == again.read_bytes()
+    assert (target / "model.bin").read_bytes() == (converted / "model.bin").read_bytes()
+    assert out.read_bytes() == reference.read_bytes()
 
 
 # --- training: checkpoints, the exported model, the free-space check ---------------------------
@@ -360,10 +375,9 @@ def grow_tmpfs(mount: Path, size: str) -> None:
 
 
 def test_prepare_on_a_really_full_file_system(
-    corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path, small_tmpfs: Path, capsys
+    corpus: Path, tiny_tokenizer_dir: Path, prepared, small_tmpfs: Path, capsys
 ) -> None:
-    reference, out = tmp_path / "reference", small_tmpfs / "store"
-    assert cli(prepare_args(corpus, tiny_tokenizer_dir, reference)) == 0
+    reference, out = prepared["store"], small_tmpfs / "store"
     capsys.readouterr()
     assert cli(prepare_args(corpus, tiny_tokenizer_dir, out)) == 1
     err = capsys.readouterr().err.strip().splitlines()
