@@ -391,3 +391,42 @@ def test_prepare_on_a_really_full_file_system(
     grow_tmpfs(small_tmpfs, "4m")
     assert cli(prepare_args(corpus, tiny_tokenizer_dir, out)) == 0
     assert tree(out) == tree(reference)
+
+
+# --- recognising a full disk, however the writer reports it -----------------------------------
+
+
+def test_every_way_a_full_disk_is_reported_becomes_one_error_naming_the_path(tmp_path: Path):
+    import errno
+    import pickle
+
+    from pegasus_gsg.files import DiskFullError, as_disk_full, disk_full_line
+
+    path = tmp_path / "out"
+    quota = OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+    rust = RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+    wrapped = RuntimeError("save failed")
+    wrapped.__cause__ = OSError(errno.ENOSPC, "x")
+    for exc, reason in [
+        (quota, "Disk quota exceeded"),
+        (rust, "No space left on device"),
+        (wrapped, "No space left on device"),
+    ]:
+        error = as_disk_full(exc, path)
+        assert error is not None and error.path == path and error.reason == reason
+        assert str(error).startswith(f"no space left writing {path} ({reason}; ")
+    # torch's C++ writer says only that a write failed: a full disk when the space left is
+    # short of what the write needed, another error otherwise.
+    torch_error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+    assert as_disk_full(torch_error, path, needed=10**18) is not None
+    assert as_disk_full(torch_error, path, needed=1) is None
+    assert as_disk_full(ValueError("bad value"), path) is None
+    assert disk_full_line(OSError(errno.EPERM, "denied")) is None
+    # It crosses process boundaries (a process pool, a Ray task) whole.
+    error = DiskFullError(path, needed=1234, free=5, hint="do this")
+    copy = pickle.loads(pickle.dumps(error))
+    assert isinstance(copy, DiskFullError) and str(copy) == str(error)
+    assert str(error) == (
+        f"no space left writing {path} (No space left on device; needs ~1.2 kB, 5 bytes free "
+        "on its file system); do this"
+    )
