@@ -8,7 +8,9 @@ imported only when their command runs, so `pegasus-gsg select` never pays for im
 
 Library code raises `ValueError` / `FileNotFoundError` with a precise message; this is the one
 place that turns them into a single `pegasus-gsg: error: ...` line and a non-zero exit (`serve`
-does the same in the server's own `main`).
+does the same in the server's own `main`). A full disk (`pegasus_gsg.files.DiskFullError`, or
+any ENOSPC/EDQUOT/EFBIG a writer did not name) is such a line too: `pegasus-gsg evaluate:
+error: no space left writing PATH (...); free space and rerun the same command`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from pegasus_gsg.files import DiskFullError, disk_full_line
 
 _COMMANDS: dict[str, tuple[str, str]] = {
     "select": ("pegasus_gsg.commands.select", "pick gap sentences for each JSON Lines document"),
@@ -71,6 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as err:
         print(f"pegasus-gsg {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (DiskFullError, OSError, RuntimeError) as err:
+        line = disk_full_line(err)
+        if line is None:
+            raise
+        print(f"pegasus-gsg {args.command}: error: {line}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"pegasus-gsg {args.command}: interrupted", file=sys.stderr)

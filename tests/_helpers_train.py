@@ -251,7 +251,7 @@ def _arm(spec: str, rank: int) -> None:
 
     from pegasus_gsg import files
     from pegasus_gsg.training import checkpoint as ckpt
-    from pegasus_gsg.training import loop, validate
+    from pegasus_gsg.training import loop, model, validate
 
     kind, step_text, *rest = spec.split(":")
     step, fault_rank = int(step_text), int(rest[0]) if rest else 0
@@ -320,9 +320,9 @@ def _arm(spec: str, rank: int) -> None:
     from accelerate import Accelerator
 
     _wrap(Accelerator, "save_state", save_state)
-    # The loop calls these through the modules (`files.replace_dir`, `ckpt.append_line`), so
-    # the patches apply.
-    assert loop.files is files and validate.files is files
+    # The loop calls these through the modules (`files.replace_dir`, `ckpt.append_line`; the
+    # exports of model/ and best/ in model.export_whole), so the patches apply.
+    assert loop.files is files and model.files is files
     assert loop.ckpt is ckpt and validate.ckpt is ckpt
 
 

@@ -5,7 +5,9 @@
 
 Writes one JSON line per example (`index`, `id` when the record has one, `prediction`,
 `reference`) to `--out` (atomically: a temp file renamed at the end), a `<out>.rouge.json` with
-the scores, and prints the table (95% bootstrap intervals; see pegasus_gsg/evaluate.py).
+the scores, and prints the table (95% bootstrap intervals; see pegasus_gsg/evaluate.py). Both
+are built in memory first: without free space for them it stops before writing either (one
+`no space left writing PATH` line, as for a write that meets a full disk).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
 
     from pegasus_gsg.evaluation.rouge import format_table, generate, rouge_report
-    from pegasus_gsg.files import atomic_file, write_text_atomic
+    from pegasus_gsg.files import check_free_space, write_bytes_atomic, writing_to
 
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
@@ -169,18 +171,27 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(out) as tmp, tmp.open("w", encoding="utf-8") as f:
-        for i, (record, pred, ref) in enumerate(zip(records, predictions, references, strict=True)):
-            row = {"index": i, "prediction": pred, "reference": ref}
-            if "id" in record:
-                row["id"] = record["id"]
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    lines = []
+    for i, (record, pred, ref) in enumerate(zip(records, predictions, references, strict=True)):
+        row = {"index": i, "prediction": pred, "reference": ref}
+        if "id" in record:
+            row["id"] = record["id"]
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    data = "".join(lines).encode("utf-8")
     scores = {name: {"low": s.low, "mid": s.mid, "high": s.high} for name, s in report.items()}
+    rouge = json.dumps({"n": len(records), "scores": scores}, indent=2).encode("utf-8")
+    # Both sizes are known: a disk without room for them stops here, before either is written.
+    check_free_space(out, len(data) + len(rouge))
+    with writing_to(out, len(data)):
+        write_bytes_atomic(out, data)
     # Written whole or not at all, like the predictions: a run killed here leaves no scores
-    # that look final.
-    write_text_atomic(
-        out.with_name(out.name + ".rouge.json"),
-        json.dumps({"n": len(records), "scores": scores}, indent=2),
-    )
+    # that look final. Predictions without their scores would: a full disk here removes them.
+    rouge_path = out.with_name(out.name + ".rouge.json")
+    try:
+        with writing_to(rouge_path, len(rouge)):
+            write_bytes_atomic(rouge_path, rouge)
+    except OSError:
+        out.unlink(missing_ok=True)
+        raise
     print(format_table(report, len(records)))
     return 0

@@ -31,7 +31,9 @@ version) into `<cache>/<compute_type>-<key>/` where `<cache>` defaults to `MODEL
 conversion is written into a temporary sibling directory and renamed into place only after the
 manifest (`pegasus_gsg_ct2.json`) is written, so a finished-looking directory is always whole; a
 directory without its manifest (a crash of an older layout, a copy cut short) is removed and
-redone.
+redone. Without free space for the conversion (`conversion_bytes`: the weights at the stored
+type, checked first) or on a write that meets a full disk, it raises DiskFullError naming the
+target directory and removes its temporary one.
 """
 
 from __future__ import annotations
@@ -47,7 +49,13 @@ from pathlib import Path
 from typing import Any
 
 from pegasus_gsg.evaluation.generation import GenerationOptions
-from pegasus_gsg.files import remove_stale_temps, replace_dir, temp_path
+from pegasus_gsg.files import (
+    check_free_space,
+    remove_stale_temps,
+    replace_dir,
+    temp_path,
+    writing_to,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +197,8 @@ def convert(
     ct2 = _ctranslate2()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir.parent)  # conversions of this host's killed processes
+    needed = conversion_bytes(model_dir, compute_type)
+    check_free_space(out_dir, needed)
     # Named for this process: two processes may convert the same model into one cache at once.
     tmp = temp_path(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process that had this pid
@@ -197,7 +207,8 @@ def convert(
         copy = [name for name in _COPIED if (model_dir / name).is_file()]
         converter = _converter_class()(str(model_dir), copy_files=copy)
         try:
-            converter.convert(str(tmp), quantization=compute_type, force=True)
+            with writing_to(out_dir, needed):
+                converter.convert(str(tmp), quantization=compute_type, force=True)
         except (ValueError, KeyError, AttributeError, NotImplementedError) as err:
             raise ValueError(f"ctranslate2 cannot convert {model_dir}: {err}") from err
         hf_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
@@ -219,7 +230,8 @@ def convert(
             "decoder_start_token_id": hf_config.get("decoder_start_token_id"),
             "forced_eos_token_id": forced,
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        with writing_to(out_dir, needed):
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         if verify and compute_type == "float32":
             diff = _max_score_difference(model_dir, tmp)
             if diff > 1e-3:
@@ -228,7 +240,8 @@ def convert(
                     "(> 1e-3): the conversion does not reproduce the model"
                 )
             manifest["verified_max_logprob_diff"] = diff
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+            with writing_to(out_dir, needed):
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         if out_dir.exists():
             if any(out_dir.iterdir()):
                 raise ValueError(
@@ -236,12 +249,26 @@ def convert(
                     "conversion"
                 )
             out_dir.rmdir()
-        replace_dir(tmp, out_dir)  # flushes every file first
+        with writing_to(out_dir, needed):
+            replace_dir(tmp, out_dir)  # flushes every file first
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info("converted %s to %s (%s)", model_dir, out_dir, compute_type)
     return out_dir
+
+
+_BYTES_PER_FLOAT32 = {"float32": 1.0, "int16": 0.5, "float16": 0.5, "bfloat16": 0.5}
+
+
+def conversion_bytes(model_dir: Path, compute_type: str) -> int:
+    """About what converting `model_dir` to `compute_type` writes: its float32 weights scaled
+    to the stored type (int8*: a quarter), plus the copied tokenizer and config files."""
+    weights = next((model_dir / n for n in WEIGHT_FILES if (model_dir / n).is_file()), None)
+    weight_bytes = weights.stat().st_size if weights is not None else 0
+    scale = 0.25 if compute_type.startswith("int8") else _BYTES_PER_FLOAT32.get(compute_type, 1)
+    copied = sum((model_dir / n).stat().st_size for n in _COPIED if (model_dir / n).is_file())
+    return int(weight_bytes * scale) + copied
 
 
 def cached_conversion(

@@ -19,6 +19,13 @@ killer, a time limit), including in the middle of writing a checkpoint. The rule
   torn last line and the rows the killed run wrote after its last checkpoint, so the resumed
   run's rows follow without gaps or duplicates.
 
+A full disk stops the run with one line (pegasus_gsg.files.DiskFullError), never with a partial
+checkpoint: a save that fails removes its staging directory, and before each save, and right
+after one for the next, the main process compares the free space with what a checkpoint needs
+(`next_checkpoint_bytes`: the newest one's measured size, else an estimate from the model), so
+a run that would not have room for its next checkpoint stops at once, with nothing lost since
+the last one.
+
 Only the main process calls these, except that every rank writes its own files into the
 staging directory (accelerate's `save_state`) between `start_checkpoint` and
 `publish_checkpoint`, with a barrier on each side.
@@ -41,6 +48,7 @@ from pegasus_gsg.files import (
     remove_tree,
     replace_dir,
     write_text_atomic,
+    writing_to,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,11 +68,14 @@ def append_line(path: Path, row: dict[str, Any]) -> None:
     """Append `row` as one JSON line with a single `write` (a kill leaves it whole or torn
     at the end, where `truncate_log` finds it)."""
     data = (json.dumps(row) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+    with writing_to(path, len(data), RESUME_HINT):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(data)
+            while view:  # a short write is retried, so that a full disk raises its errno
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
 
 
 def truncate_log(path: Path, last_step: int) -> int:
@@ -105,6 +116,35 @@ def truncate_log(path: Path, last_step: int) -> int:
             last_step,
         )
     return dropped
+
+
+RESUME_HINT = "free space and rerun with --resume latest"
+_STATE_BYTES_PER_PARAM_BYTE = {"adamw": 3, "adafactor": 2}
+"""A checkpoint's size over its weights': AdamW keeps two moments per weight; Adafactor's
+factored second moments are small (2 is generous)."""
+
+
+def resume_hint(saved_step: int | None) -> str:
+    """What to do after a full disk stopped training with the newest checkpoint at
+    `saved_step` (None: no checkpoint yet)."""
+    if saved_step is None:
+        return f"{RESUME_HINT} (no checkpoint yet: it starts from step 0)"
+    return f"{RESUME_HINT} (it continues from the checkpoint of step {saved_step})"
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes in the files under `path`."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def next_checkpoint_bytes(root: Path, weight_bytes: int, optimizer: str) -> int:
+    """What the next checkpoint under `root` will take: the newest complete one's size when
+    there is one (it holds the same tensors), else `weight_bytes` times the optimizer's factor
+    (fp32 weights + AdamW's two moments: 3x)."""
+    complete = complete_checkpoints(root, warn=False)
+    if complete:
+        return tree_bytes(complete[-1])
+    return weight_bytes * _STATE_BYTES_PER_PARAM_BYTE.get(optimizer, 3)
 
 
 def start_checkpoint(root: Path, step: int) -> Path:

@@ -8,8 +8,10 @@ and a few run switches that are not part of the config: `--resume latest|PATH`, 
 
 Everything a run needs is checked here, before any training: the tokenizer, the stores (which
 refuse a tokenizer other than the one they were prepared with), the model's vocabulary.
-Library errors (ValueError / FileNotFoundError) and a NaN/infinite loss (NonFiniteLossError,
-pegasus_gsg/training/loop.py) become one `prog: error: ...` line and exit 1.
+Library errors (ValueError / FileNotFoundError), a NaN/infinite loss (NonFiniteLossError,
+pegasus_gsg/training/loop.py) and a full disk (pegasus_gsg.files.DiskFullError: a checkpoint,
+the exported model, a log; or the free-space check before a checkpoint) become one
+`prog: error: ...` line and exit 1.
 In a multi-process run any other error (a collective failing because a machine was lost) is
 logged with its traceback and exits 1 at once, without tearing down the process group.
 """
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pegasus_gsg.files import disk_full_line
 from pegasus_gsg.training.config import TrainConfig, load_config
 
 logger = logging.getLogger(__name__)
@@ -153,7 +156,12 @@ def run_cli(main: Callable[[Sequence[str] | None], Any], prog: str) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except Exception:
+    except Exception as err:
+        line = disk_full_line(err)
+        if line is not None:
+            if _rank() == 0:
+                print(f"{prog}: error: {line}", file=sys.stderr)
+            return 1
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             raise
         # Most often a collective that failed because another machine was lost: print the

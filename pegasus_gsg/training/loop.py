@@ -29,6 +29,11 @@ Read `train` top to bottom; it is a plain PyTorch loop around an `accelerate.Acc
     later `--resume latest` to go on to max_steps) or at schedule.max_minutes
     export the final model with save_pretrained (+ tokenizer + GenerationConfig)
 
+A full disk stops the run with one line naming the checkpoint, model or log it was writing
+(pegasus_gsg.files.DiskFullError; checkpoint.py): at the start, and right after each
+checkpoint, the free space is checked against the next checkpoint's size, so a run without
+room for it stops before training the steps it would lose.
+
 Why normalise over the window: with token-budget batches the number of targets per micro-batch
 varies a lot; averaging per micro-batch then averaging those would weight a batch of three long
 summaries like one of forty short ones. Sum over tokens / tokens in the window is the true mean.
@@ -67,6 +72,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -93,7 +99,7 @@ from pegasus_gsg.training.machines import (
     process_group_kwargs,
     same_checkpoint,
 )
-from pegasus_gsg.training.model import Seq2SeqLossModel, export, generation_config
+from pegasus_gsg.training.model import Seq2SeqLossModel, export_whole, generation_config
 from pegasus_gsg.training.resume import TrainState, cut_logs, resume_from
 from pegasus_gsg.training.validate import validate_and_keep_best
 
@@ -201,6 +207,10 @@ def train(
     batches = batch_stream(loader, sampler, train_set, state)
     profiler = _profiler(out_dir) if profile and accelerator.is_main_process else None
     saved_step = state.step if checkpoint is not None else None
+    weight_bytes = sum(p.numel() * p.element_size() for p in unwrapped.parameters())
+    if cfg.checkpoint.save_every and state.step < max_steps:
+        next_save = (state.step // cfg.checkpoint.save_every + 1) * cfg.checkpoint.save_every
+        check_room_for_checkpoint(accelerator, cfg, out_dir, next_save, weight_bytes, saved_step)
 
     # --- loop --------------------------------------------------------------------------------
     model.train()
@@ -309,13 +319,18 @@ def train(
             if cfg.checkpoint.save_every and (
                 state.step % cfg.checkpoint.save_every == 0 or staged_stop
             ):
-                save_checkpoint(accelerator, cfg, out_dir, state.step)
+                save_checkpoint(accelerator, cfg, out_dir, state.step, weight_bytes, saved_step)
                 saved_step = state.step
+                if not at_end:
+                    next_save = state.step + cfg.checkpoint.save_every
+                    check_room_for_checkpoint(
+                        accelerator, cfg, out_dir, next_save, weight_bytes, saved_step
+                    )
 
     # --- stopped by SIGTERM: a checkpoint to resume from, then return ------------------------
     if stop.requested:
         if saved_step != state.step and state.step > 0:
-            save_checkpoint(accelerator, cfg, out_dir, state.step)
+            save_checkpoint(accelerator, cfg, out_dir, state.step, weight_bytes, saved_step)
         logger.warning(
             "stopped by SIGTERM at step %d/%d; continue with --resume latest", state.step, max_steps
         )
@@ -333,12 +348,12 @@ def train(
     model_dir = out_dir / "model"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        staging = files.fresh_staging_dir(model_dir)
-        export(unwrapped.model, tokenizer, staging, generation_config(cfg.eval))
-        files.replace_dir(staging, model_dir)
-        files.write_text_atomic(
-            out_dir / "train_state.json", json.dumps(state.state_dict(), indent=2)
-        )
+        hint = ckpt.resume_hint(saved_step)
+        export_whole(unwrapped.model, tokenizer, model_dir, generation_config(cfg.eval), hint)
+        with files.writing_to(out_dir / "train_state.json", hint=hint):
+            files.write_text_atomic(
+                out_dir / "train_state.json", json.dumps(state.state_dict(), indent=2)
+            )
     accelerator.end_training()
     return TrainResult(
         model=unwrapped.model, state=state, out_dir=out_dir, model_dir=model_dir, best_dir=best_dir
@@ -408,23 +423,84 @@ def _label_keys(batch: dict[str, torch.Tensor]) -> list[str]:
     return sorted(k for k in batch if k.endswith("labels"))
 
 
-def save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, out_dir: Path, step: int) -> Path:
+def save_checkpoint(
+    accelerator: Accelerator,
+    cfg: TrainConfig,
+    out_dir: Path,
+    step: int,
+    weight_bytes: int,
+    saved_step: int | None,
+) -> Path:
     """Every rank saves into a staging directory; once all have, the main process writes the
     run config and renames it to `checkpoints/step_NNNNNNNN`, then prunes to the newest
-    `checkpoint.keep` (checkpoint.py)."""
+    `checkpoint.keep` (checkpoint.py).
+
+    Raises:
+        DiskFullError: on every rank, when the free space is below what the checkpoint needs
+            (checked first) or a write met a full disk; its staging directory is removed, the
+            previous checkpoints are kept.
+    """
     root = out_dir / "checkpoints"
-    staging = files.staging_dir(root / ckpt.checkpoint_name(step))
-    if accelerator.is_main_process:
-        ckpt.start_checkpoint(root, step)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()  # every rank's files are in staging
     final = root / ckpt.checkpoint_name(step)
-    if accelerator.is_main_process:
-        ckpt.publish_checkpoint(staging, cfg.fingerprint_dict(), cfg.checkpoint.keep)
-        logger.info("saved checkpoint %s", final)
-    accelerator.wait_for_everyone()
+    staging = files.staging_dir(final)
+    hint = ckpt.resume_hint(saved_step)
+    needed = ckpt.next_checkpoint_bytes(root, weight_bytes, cfg.optim.name)
+    failure: files.DiskFullError | None = None
+
+    def attempt(write: Any) -> None:
+        nonlocal failure
+        try:
+            write()
+        except Exception as exc:
+            failure = files.as_disk_full(exc, final, needed, hint)
+            if failure is None:
+                raise
+        # Every rank learns whether any failed (this also stands for a barrier).
+        if _any_rank(failure is not None, accelerator):
+            if accelerator.is_main_process:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise failure or files.DiskFullError(final, needed=needed, hint=hint)
+
+    def start() -> None:
+        if accelerator.is_main_process:
+            ckpt.start_checkpoint(root, step)
+            files.check_free_space(final, needed, hint)
+
+    def publish() -> None:
+        if accelerator.is_main_process:
+            ckpt.publish_checkpoint(staging, cfg.fingerprint_dict(), cfg.checkpoint.keep)
+            logger.info("saved checkpoint %s", final)
+
+    attempt(start)
+    attempt(lambda: accelerator.save_state(str(staging)))  # every rank's files
+    attempt(publish)
     return final
+
+
+def check_room_for_checkpoint(
+    accelerator: Accelerator, cfg: TrainConfig, out_dir: Path, step: int, weight_bytes: int,
+    saved_step: int | None,
+) -> None:  # fmt: skip
+    """Stop now, on every rank, when the checkpoint of `step` would not fit in the free space:
+    better than training up to it and losing those steps (see checkpoint.py).
+
+    Raises:
+        DiskFullError: naming the checkpoint, what it needs and what is free.
+    """
+    root = out_dir / "checkpoints"
+    final = root / ckpt.checkpoint_name(step)
+    needed = free = 0
+    if accelerator.is_main_process:
+        needed = ckpt.next_checkpoint_bytes(root, weight_bytes, cfg.optim.name)
+        free = files.free_bytes(root)
+    if _any_rank(free < needed, accelerator):
+        raise files.DiskFullError(
+            final,
+            needed=needed or None,
+            free=free or None,
+            reason="not enough free space for the next checkpoint, checked in advance",
+            hint=ckpt.resume_hint(saved_step),
+        )
 
 
 class _StopOnSigterm:

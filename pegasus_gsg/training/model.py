@@ -20,6 +20,7 @@ wrapper; `export` saves `wrapper.model`, a plain `PegasusForConditionalGeneratio
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import cast
 
@@ -34,6 +35,7 @@ from transformers import (
 )
 from transformers.models.pegasus.modeling_pegasus import shift_tokens_right
 
+from pegasus_gsg import files
 from pegasus_gsg.data.vocab import EOS_ID, IGNORE_INDEX, PAD_ID
 from pegasus_gsg.training.config import EvalConfig, ModelConfig
 
@@ -204,3 +206,32 @@ def export(
     tokenizer.save_pretrained(out)
     logger.info("exported model to %s", out)
     return out
+
+
+def export_whole(
+    model: PegasusForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    final_dir: Path,
+    gen: GenerationConfig,
+    hint: str,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """`export` (plus `extra_files`, name -> text) into a staging directory beside
+    `final_dir`, then swap it in whole (pegasus_gsg/files.py): a kill or a full disk never
+    leaves a partial `final_dir`.
+
+    Raises:
+        DiskFullError: a full disk, naming `final_dir`, the weights' size and `hint`; the
+            staging directory is removed and the previous `final_dir` kept.
+    """
+    staging = files.fresh_staging_dir(final_dir)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    try:
+        with files.writing_to(final_dir, weight_bytes, hint):
+            export(model, tokenizer, staging, gen)
+            for name, text in (extra_files or {}).items():
+                (staging / name).write_text(text, encoding="utf-8")
+            files.replace_dir(staging, final_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when swapped in
+    return final_dir

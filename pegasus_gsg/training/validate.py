@@ -25,7 +25,6 @@ import torch.utils.data
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from pegasus_gsg import files
 from pegasus_gsg.data.collate import Seq2SeqCollator
 from pegasus_gsg.data.sampler import TokenBudgetBatchSampler
 from pegasus_gsg.data.vocab import IGNORE_INDEX, PAD_ID
@@ -33,7 +32,7 @@ from pegasus_gsg.evaluation.rouge import generate, rouge_report
 from pegasus_gsg.training import checkpoint as ckpt
 from pegasus_gsg.training.batches import TrainData
 from pegasus_gsg.training.config import TrainConfig
-from pegasus_gsg.training.model import Seq2SeqLossModel, export, generation_config
+from pegasus_gsg.training.model import Seq2SeqLossModel, export_whole, generation_config
 from pegasus_gsg.training.resume import TrainState
 
 logger = logging.getLogger(__name__)
@@ -72,10 +71,11 @@ def validate_and_keep_best(
     if state.best_metric is None or metric > state.best_metric:
         state.best_metric = metric
         if accelerator.is_main_process:
-            staging = files.fresh_staging_dir(best_dir)
-            export(model.model, tokenizer, staging, generation_config(cfg.eval))
-            (staging / "eval.json").write_text(json.dumps(result, indent=2))
-            files.replace_dir(staging, best_dir)
+            eval_json = {"eval.json": json.dumps(result, indent=2)}
+            export_whole(
+                model.model, tokenizer, best_dir, generation_config(cfg.eval), ckpt.RESUME_HINT,
+                extra_files=eval_json,
+            )  # fmt: skip
     return result
 
 

@@ -6,6 +6,9 @@ record and source row), so every array is created once at its final length with 
 dtype that holds it; the second fills them. Token ids of a vocabulary over 65,536 are stored
 split17 (store.token_codec): the low 16 bits in `tokens.npy`, the positions of ids >= HIGH_BIT
 in `high_tokens.npy`. The same chunks give the same bytes, whichever process computed them.
+With every size known after the first pass, a disk without room for the store stops before any
+array is made (one `no space left writing OUT` line, pegasus_gsg/files.py); the arrays'
+blocks are allocated when made, so a disk filled meanwhile fails there too, never halfway.
 """
 
 from __future__ import annotations
@@ -34,11 +37,14 @@ from pegasus_gsg.data.store import (
     offsets_dtype,
     token_codec,
 )
+from pegasus_gsg.files import check_free_space, writing_to
 
 logger = logging.getLogger(__name__)
 
 MAX_SPLIT_VALUES = 20
 """`split` values kept in a manifest's counts (the most common)."""
+_NPY_HEADER_BYTES = 128
+"""What numpy writes before an array's data (format 1.0: a multiple of 64 bytes, 128 here)."""
 
 
 Chunk = Path | ChunkArrays
@@ -111,51 +117,44 @@ def assemble_store(
             f"{config.split!r}: {filtered}); nothing to prepare"
         )
     r, t, s = sizes["records"], sizes["tokens"], sizes["sentences"]
+    specs: dict[str, tuple[Any, int]] = {"tokens.npy": (np.uint16 if codec else dtype, t)}
+    extra: dict[str, Any] = {}
+    if codec:
+        extra = {"token_codec": codec, "num_high_tokens": num_high}
+        specs["high_tokens.npy"] = (offsets_dtype(max(t - 1, 0)), num_high)
+        specs["record_high.npy"] = (offsets_dtype(num_high), r + 1)
+    specs["record_tokens.npy"] = (offsets_dtype(t), r + 1)
+    specs["source_rows.npy"] = (offsets_dtype(last_row), r)
+    if config.kind == "pretrain":
+        specs["record_sentences.npy"] = (offsets_dtype(s), r + 1)
+        specs["sentence_ends.npy"] = (narrowest_uint(sizes["max_record"], np.uint16), s)
+        specs["ranking_order.npy"] = (narrowest_uint(max(sizes["max_sentences"] - 1, 0)), s)
+        specs["ranking_scores.npy"] = (np.float32, s)
+    else:
+        specs["source_lengths.npy"] = (narrowest_uint(sizes["max_record"], np.uint16), r)
+    # Every array's size is known: a disk without room for them all stops before one is made.
+    needed = sum(_NPY_HEADER_BYTES + np.dtype(dt).itemsize * n for dt, n in specs.values())
+    check_free_space(out, needed)
     builder = StoreBuilder(out, tmp)
     try:
-        extra: dict[str, Any] = {}
-        arrays = {"tokens.npy": builder.create("tokens.npy", np.uint16 if codec else dtype, t)}
-        if codec:
-            extra = {"token_codec": codec, "num_high_tokens": num_high}
-            arrays["high_tokens.npy"] = builder.create(
-                "high_tokens.npy", offsets_dtype(max(t - 1, 0)), num_high
-            )
-            arrays["record_high.npy"] = builder.create(
-                "record_high.npy", offsets_dtype(num_high), r + 1
-            )
-        arrays["record_tokens.npy"] = builder.create("record_tokens.npy", offsets_dtype(t), r + 1)
-        arrays["source_rows.npy"] = builder.create("source_rows.npy", offsets_dtype(last_row), r)
-        if config.kind == "pretrain":
-            arrays["record_sentences.npy"] = builder.create(
-                "record_sentences.npy", offsets_dtype(s), r + 1
-            )
-            arrays["sentence_ends.npy"] = builder.create(
-                "sentence_ends.npy", narrowest_uint(sizes["max_record"], np.uint16), s
-            )
-            arrays["ranking_order.npy"] = builder.create(
-                "ranking_order.npy", narrowest_uint(max(sizes["max_sentences"] - 1, 0)), s
-            )
-            arrays["ranking_scores.npy"] = builder.create("ranking_scores.npy", np.float32, s)
-        else:
-            arrays["source_lengths.npy"] = builder.create(
-                "source_lengths.npy", narrowest_uint(sizes["max_record"], np.uint16), r
-            )
-        _fill(arrays, chunks, config.kind, codec is not None)
-        manifest = {
-            **base_manifest,
-            "num_records": r,
-            "num_tokens": t,
-            **({"num_sentences": s} if config.kind == "pretrain" else {}),
-            "dtype": dtype.name,
-            **extra,
-            "rows_read": rows,
-            "skipped": dict(sorted(skipped.items())),
-            "skipped_examples": examples,
-            "filtered_other_split": filtered,
-            "split_values": dict(sorted(splits.most_common(MAX_SPLIT_VALUES))),
-        }
-        replace_existing = config.overwrite and out.exists()
-        return builder.commit(manifest, replace=replace_existing)
+        with writing_to(out, needed):
+            arrays = {name: builder.create(name, dt, n) for name, (dt, n) in specs.items()}
+            _fill(arrays, chunks, config.kind, codec is not None)
+            manifest = {
+                **base_manifest,
+                "num_records": r,
+                "num_tokens": t,
+                **({"num_sentences": s} if config.kind == "pretrain" else {}),
+                "dtype": dtype.name,
+                **extra,
+                "rows_read": rows,
+                "skipped": dict(sorted(skipped.items())),
+                "skipped_examples": examples,
+                "filtered_other_split": filtered,
+                "split_values": dict(sorted(splits.most_common(MAX_SPLIT_VALUES))),
+            }
+            replace_existing = config.overwrite and out.exists()
+            return builder.commit(manifest, replace=replace_existing)
     except BaseException:
         builder.abort()
         raise

@@ -17,6 +17,7 @@ from typing import Any
 
 from pegasus_gsg.data.preparation.options import PrepareConfig
 from pegasus_gsg.data.preparation.units import Unit, prepare_unit
+from pegasus_gsg.files import DiskFullError
 
 RAY_MAX_RETRIES = 4
 """Times Ray runs a unit again after its worker or node died."""
@@ -106,6 +107,8 @@ def run_ray(ray: Any, units: list[Unit], args: tuple[Any, ...]) -> Iterator[Unit
                 ray.get(ready[0])
             except ray.exceptions.RayTaskError as err:
                 cause = err.cause
+                if isinstance(cause, DiskFullError):  # one line, as the local engine's
+                    raise cause.with_details(None, None) from None
                 if isinstance(cause, (ValueError, FileNotFoundError)):
                     raise type(cause)(str(cause)) from None
                 raise

@@ -9,6 +9,8 @@ before that leaves only its staging directory, which the next attempt removes.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -37,11 +39,22 @@ class StoreBuilder:
         self._arrays: dict[str, np.memmap] = {}
 
     def create(self, name: str, dtype: np.dtype | type, length: int) -> np.memmap:
-        """A new array file `name` of `length` entries, memory-mapped for the caller to fill."""
-        array = np.lib.format.open_memmap(
-            self.tmp_dir / name, mode="w+", dtype=np.dtype(dtype), shape=(length,)
-        )
+        """A new array file `name` of `length` entries, memory-mapped for the caller to fill.
+
+        Its blocks are allocated here (`posix_fallocate`): on a full disk this raises ENOSPC,
+        where filling a sparse memory map would kill the process with SIGBUS instead.
+        """
+        path = self.tmp_dir / name
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=(length,))
         self._arrays[name] = array
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate: sparse map
+                raise
+        finally:
+            os.close(fd)
         return array
 
     def commit(self, manifest: dict[str, Any], *, replace: bool = False) -> dict[str, Any]:
