@@ -23,8 +23,10 @@ global batch is 2 x `max_tokens` padded input tokens).
    (beams x length penalty x no-repeat n-gram, `decode_val_size` dialogues); the test split is
    decoded once, with `pegasus-gsg evaluate`, from the float16 release.
 6. Report: `docs/dialogsum_best/` (results.json, tables.md, samples.md, plots) and the model
-   card `release/README.md` (Hugging Face format). `--ship DIR` copies the release there when
-   it beats LEAD-3 on ROUGE-1, -2 and -Lsum with non-overlapping 95% intervals.
+   card `release/README.md` (Hugging Face format). The issue's target is ROUGE-1, -2 and -Lsum
+   each above LEAD-3 with non-overlapping 95% intervals (`beats_lead`); `--ship DIR` copies
+   the release there when it beats every baseline's mean on all three (`beats_baselines`) and
+   weighs at most `max_ship_mb`.
 """
 
 from __future__ import annotations
@@ -302,6 +304,7 @@ class Run:
                 shutil.copy2(f, staging / f.name)
         half = AutoModelForSeq2SeqLM.from_pretrained(model, dtype=torch.float16)
         half.save_pretrained(staging, safe_serialization=True)
+        compute_in_float32(staging)
         replace_dir(staging, target)
         return target
 
@@ -343,12 +346,24 @@ class Run:
         }
 
 
+def compute_in_float32(model: Path) -> None:
+    """Float16 weights on disk, float32 arithmetic when loaded: the config's dtype says
+    float32, so `from_pretrained` (and the server, and the CTranslate2 conversion check)
+    upcast instead of running float16 matmuls on a CPU."""
+    path = model / "config.json"
+    config = json.loads(path.read_text())
+    config["dtype"] = "float32"
+    write_text_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def set_generation(model: Path, decoding: dict[str, Any], max_new_tokens: int) -> None:
     """The model's generation config holds the chosen decoding (what a server uses)."""
     from transformers import GenerationConfig
 
     config = GenerationConfig.from_pretrained(model)
-    config.update(max_new_tokens=max_new_tokens, **decoding)
+    # early_stopping: a beam search ends once num_beams hypotheses have finished, which is
+    # what CTranslate2 (the recipe's decoder) does, so both serving backends agree with it.
+    config.update(max_new_tokens=max_new_tokens, early_stopping=True, **decoding)
     write_text_atomic(model / "generation_config.json", config.to_json_string())
 
 
@@ -396,6 +411,11 @@ def beats(model: dict[str, Any], baseline: dict[str, Any]) -> dict[str, bool]:
     }
 
 
+def above_every_baseline(model: dict[str, Any], baselines: list[dict[str, Any]]) -> bool:
+    """The shipping rule: a higher mean than every baseline on ROUGE-1, -2 and -Lsum."""
+    return all(model[m]["mid"] > b["scores"][m]["mid"] for b in baselines for m, _ in ROUGE_COLUMNS)
+
+
 def run(recipe: Recipe, *, ship: Path | None = None) -> dict[str, Any]:
     """Run (or resume) the recipe; write its report and model card; returns the report."""
     started = time.time()
@@ -430,6 +450,9 @@ def run(recipe: Recipe, *, ship: Path | None = None) -> dict[str, Any]:
         "decoding": decoding,
         "model": {"key": "dialogsum_best", "release": rel(release), "test": test},
         "beats_lead": {"baseline": lead["model"], **verdict, "all": all(verdict.values())},
+        "beats_baselines": above_every_baseline(
+            test["scores"], [r for r in baselines["results"] if r["split"] == "test"]
+        ),
         "size_mb": round((release / "model.safetensors").stat().st_size / 2**20, 1),
         "stages": run_.runner.records,
         "stage_seconds_total": round(sum(r["seconds"] for r in run_.runner.records), 1),
@@ -450,7 +473,7 @@ def run(recipe: Recipe, *, ship: Path | None = None) -> dict[str, Any]:
     plot(report, recipe)
     write_card(report, recipe, release / "README.md")
     if ship is not None:
-        if report["beats_lead"]["all"] and report["size_mb"] <= recipe.max_ship_mb:
+        if report["beats_baselines"] and report["size_mb"] <= recipe.max_ship_mb:
             staging = fresh_staging_dir(ship)
             for f in release.iterdir():
                 if f.is_file():
@@ -458,8 +481,8 @@ def run(recipe: Recipe, *, ship: Path | None = None) -> dict[str, Any]:
             replace_dir(staging, ship)
             logger.info("shipped %s -> %s", release, ship)
         else:
-            logger.warning("not shipped: beats %s %s, %.1f MB", lead["model"], verdict,
-                           report["size_mb"])  # fmt: skip
+            logger.warning("not shipped: above every baseline: %s, %.1f MB",
+                           report["beats_baselines"], report["size_mb"])  # fmt: skip
     print(tables)
     return report
 
@@ -470,7 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where runs go (default: Recipe.out)")
     parser.add_argument("--docs", type=Path, help="where the report goes (default: Recipe.docs)")
     parser.add_argument("--data-dir", type=Path)
-    parser.add_argument("--ship", type=Path, help="copy the release here if it beats LEAD-3")
+    parser.add_argument(
+        "--ship", type=Path, help="copy the release here if it beats every baseline"
+    )
     args = parser.parse_args(argv)
     recipe = Recipe.dry_run() if args.dry_run else Recipe()
     for name in ("out", "docs", "data_dir"):
