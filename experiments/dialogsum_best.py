@@ -47,6 +47,13 @@ from experiments.dialogsum.baselines import run_baselines, turns
 from experiments.dialogsum.data import build_data, read_jsonl_rows, unlabelled_inputs
 from experiments.dialogsum.plan import Plan
 from experiments.dialogsum.report import write_samples
+from experiments.dialogsum_card import (
+    extrapolate,
+    lead_result,
+    plot,
+    write_card,
+    write_tables,
+)
 from experiments.pipeline import (
     PY,
     REPO,
@@ -299,9 +306,7 @@ class Run:
         from transformers import AutoModelForSeq2SeqLM
 
         staging = fresh_staging_dir(target)
-        for f in model.iterdir():
-            if f.is_file() and f.suffix != ".safetensors":
-                shutil.copy2(f, staging / f.name)
+        copy_files(model, staging, skip_suffix=".safetensors")
         half = AutoModelForSeq2SeqLM.from_pretrained(model, dtype=torch.float16)
         half.save_pretrained(staging, safe_serialization=True)
         compute_in_float32(staging)
@@ -344,6 +349,13 @@ class Run:
             "chosen": grid[best],
             "validation_n": len(read_jsonl_rows(self.data / "validation_lp.jsonl")),
         }
+
+
+def copy_files(src: Path, dst: Path, *, skip_suffix: str | None = None) -> None:
+    """The plain files of `src` (not its folders, e.g. the CTranslate2 cache) into `dst`."""
+    for f in src.iterdir():
+        if f.is_file() and f.suffix != skip_suffix:
+            shutil.copy2(f, dst / f.name)
 
 
 def compute_in_float32(model: Path) -> None:
@@ -392,8 +404,7 @@ def turn_windows(transcript: str, words: int) -> list[str]:
 
 def val_loss_at(evals: Path, step: int) -> float:
     """The validation loss a run logged at `step` (OUT/eval.jsonl)."""
-    for line in evals.read_text().splitlines():
-        row = json.loads(line)
+    for row in read_jsonl_rows(evals):
         if row["step"] == step:
             return float(row["val_loss"])
     raise ValueError(f"{evals}: no validation row at step {step}")
@@ -438,9 +449,7 @@ def run(recipe: Recipe, *, ship: Path | None = None) -> dict[str, Any]:
         "distinct": distinct_rate([r["prediction"] for r in rows]),
         "predictions": rel(preds),
     }
-    lead = next(
-        r for r in baselines["results"] if r["split"] == "test" and r["model"].startswith("LEAD")
-    )
+    lead = lead_result(baselines)
     verdict = beats(test["scores"], lead["scores"])
     report = {
         "recipe": {k: (rel(v) if isinstance(v, Path) else v) for k, v in asdict(recipe).items()},
@@ -459,8 +468,6 @@ def run(recipe: Recipe, *, ship: Path | None = None) -> dict[str, Any]:
         "this_invocation_seconds": round(time.time() - started, 1),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    from experiments.dialogsum_card import extrapolate, plot, write_card, write_tables
-
     report["estimate"] = extrapolate(report, recipe.out)
     recipe.docs.mkdir(parents=True, exist_ok=True)
     write_text_atomic(recipe.docs / "results.json", json.dumps(report, indent=2))
@@ -475,9 +482,7 @@ def run(recipe: Recipe, *, ship: Path | None = None) -> dict[str, Any]:
     if ship is not None:
         if report["beats_baselines"] and report["size_mb"] <= recipe.max_ship_mb:
             staging = fresh_staging_dir(ship)
-            for f in release.iterdir():
-                if f.is_file():
-                    shutil.copy2(f, staging / f.name)
+            copy_files(release, staging)
             replace_dir(staging, ship)
             logger.info("shipped %s -> %s", release, ship)
         else:

@@ -12,12 +12,12 @@ would need, from a log-linear fit of ROUGE against the step (a rough estimate, s
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from experiments.dialogsum.data import read_jsonl_rows
 from experiments.pipeline import REPO, ROUGE_COLUMNS, fmt_score
 from pegasus_gsg.files import atomic_file, write_text_atomic
 
@@ -36,12 +36,10 @@ def test_rows(report: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     return rows
 
 
-def lead_result(report: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The baseline the verdict compares with (LEAD-k, k chosen on validation), on test."""
-    name = report["beats_lead"]["baseline"]
-    return next(
-        r for r in report["baselines"]["results"] if r["split"] == "test" and r["model"] == name
-    )
+def lead_result(baselines: Mapping[str, Any]) -> Mapping[str, Any]:
+    """LEAD-k on the test split, k chosen on validation: what the verdict compares with."""
+    name = f"LEAD-{baselines['chosen']['lead_k']}"
+    return next(r for r in baselines["results"] if r["split"] == "test" and r["model"] == name)
 
 
 def decoding_text(d: Mapping[str, Any]) -> str:
@@ -160,9 +158,7 @@ def write_tables(report: Mapping[str, Any], path: Path) -> str:
 
 def eval_rows(out: Path, lr: float) -> list[dict[str, Any]]:
     path = out / "finetune" / f"lr{lr:g}" / "eval.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl_rows(path) if path.is_file() else []
 
 
 def extrapolate(report: Mapping[str, Any], out: Path) -> dict[str, Any] | None:
@@ -175,7 +171,7 @@ def extrapolate(report: Mapping[str, Any], out: Path) -> dict[str, Any] | None:
     rows = [r for r in eval_rows(out, report["sweep"]["chosen_lr"]) if "rouge1" in r]
     if len(rows) < 3:
         return None
-    lead = lead_result(report)
+    lead = lead_result(report["baselines"])
     needs = {}
     for metric, name in ROUGE_COLUMNS:
         xs = [math.log(r["step"]) for r in rows]
@@ -269,7 +265,7 @@ def plot(report: Mapping[str, Any], recipe: Any) -> list[Path]:
     ax1.set_xlabel("fine-tuning step")
     ax1.set_ylabel("validation loss")
     ax1.grid(alpha=0.3)
-    lead = lead_result(report)
+    lead = lead_result(report["baselines"])
     for (metric, label), color in zip(ROUGE_COLUMNS, ("C0", "C1", "C2"), strict=True):
         ax2.plot(steps, [r.get(metric, math.nan) for r in rows], marker="o", color=color,
                  label=f"{label} (validation, greedy)")  # fmt: skip
