@@ -48,6 +48,29 @@ TINY_MODEL = [
 ]
 """Overrides for a ~0.1M-parameter PEGASUS that trains in milliseconds per step on a CPU."""
 
+
+def multi_rank_run(max_steps: int) -> list[str]:
+    """Overrides of the multi-process runs: one micro-batch per rank and step, checkpoints every
+    2 steps (2 kept), validation with generation every 3 and at the end, a log row each step.
+    No dropout: each rank draws its own masks, which a 1-process run cannot match."""
+    return [
+        *TINY_MODEL,
+        "model.dropout=0",
+        "model.attention_dropout=0",
+        "data.max_tokens=256",
+        f"schedule.max_steps={max_steps}",
+        "schedule.warmup_steps=2",
+        "optim.lr=3e-3",
+        "checkpoint.save_every=2",
+        "checkpoint.keep=2",
+        "checkpoint.log_every=1",
+        "checkpoint.log_with=tensorboard",
+        "eval.every=3",
+        "eval.generate_samples=4",
+        "eval.max_new_tokens=6",
+    ]
+
+
 FAULTS = {
     "after_step": "SIGKILL right after optimizer step N (before its log row, eval and save)",
     "torn_metrics": "SIGKILL halfway through writing the metrics row of step N",

@@ -15,6 +15,7 @@ import os
 import random
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,36 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             red=True,
         )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def load_benchmark(name: str) -> Any:
+    """benchmarks/<name>.py imported as a module (benchmarks/ is not a package), once."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def int8_saturating_env() -> dict[str, str]:
+    """Environment that caps oneDNN below VNNI, as on an AVX2-only AMD CPU, where CTranslate2
+    int8 saturates; the test is skipped where pegasus_gsg's CPU rule does not apply."""
+    from pegasus_gsg.evaluation import ct2
+
+    forced = {"CT2_USE_MKL": "0", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in forced.items():
+            env.setenv(name, value)
+        if ct2.int8_gemm_risk() is None:
+            pytest.skip("not an x86 CPU with readable flags: the CPU rule does not apply")
+    return forced
 
 
 def read_jsonl_slice(name: str, limit: int, field: str | None = None) -> list:

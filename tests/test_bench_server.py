@@ -9,8 +9,6 @@ re-tokenized, a `full` case's texts must be exactly their stated length (the ser
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,19 +16,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoTokenizer, PegasusConfig, PegasusModel
 
+from tests.conftest import load_benchmark
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    name = "bench_server"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_server")
 
 
 def test_encoder_flops_equal_torchs_count_of_a_pegasus_encoder():

@@ -272,7 +272,7 @@ def test_evaluate_on_ctranslate2_equals_transformers_and_export_ct2_loads(
 
 
 def test_evaluate_refuses_int8_where_it_saturates_in_one_line(
-    tiny_model_dir, shared_data, tmp_path
+    tiny_model_dir, shared_data, tmp_path, int8_saturating_env
 ):
     """oneDNN capped below VNNI (what an AVX2-only AMD CPU gets): `evaluate --compute-type int8`
     exits 1 with one line naming the cause and float32, before decoding anything."""
@@ -282,14 +282,7 @@ def test_evaluate_refuses_int8_where_it_saturates_in_one_line(
     import subprocess
     import sys
 
-    from pegasus_gsg.evaluation import ct2
-
-    forced = {"CT2_USE_MKL": "0", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in forced.items():
-            env.setenv(name, value)
-        if ct2.int8_gemm_risk() is None:
-            pytest.skip("not an x86 CPU with readable flags: the CPU rule does not apply")
+    forced = int8_saturating_env
     model_dir = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
     out = tmp_path / "p.jsonl"
     proc = subprocess.run(

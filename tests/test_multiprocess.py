@@ -22,10 +22,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _helpers_train import (
-    TINY_MODEL,
     aeslc_pairs,
     entry_argv,
     launch_two_ranks,
+    multi_rank_run,
     param_digest,
     prepare_store,
     rows,
@@ -36,23 +36,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 8
-RUN = [
-    *TINY_MODEL,
-    # No dropout: each rank draws its own dropout masks, which a 1-process run cannot match.
-    "model.dropout=0",
-    "model.attention_dropout=0",
-    "data.max_tokens=256",
-    f"schedule.max_steps={MAX_STEPS}",
-    "schedule.warmup_steps=2",
-    "optim.lr=3e-3",
-    "checkpoint.save_every=2",
-    "checkpoint.keep=2",
-    "checkpoint.log_every=1",
-    "checkpoint.log_with=tensorboard",
-    "eval.every=3",
-    "eval.generate_samples=4",
-    "eval.max_new_tokens=6",
-]
+RUN = multi_rank_run(MAX_STEPS)
 """8 steps of one micro-batch per rank; checkpoints at 2, 4, 6, 8; validation at 3, 6, 8."""
 
 

@@ -129,19 +129,14 @@ def test_unsupported_compute_type_is_refused_listing_the_supported(tiny_summariz
     assert "listening on" not in log  # refused before binding
 
 
-def test_int8_is_refused_before_binding_where_it_saturates(tiny_summarizer_dir, tmp_path):
+def test_int8_is_refused_before_binding_where_it_saturates(
+    tiny_summarizer_dir, tmp_path, int8_saturating_env
+):
     """oneDNN capped below VNNI, as on an AVX2-only AMD CPU: int8 is refused in one line
     naming float32, before converting the model and before binding the port."""
     import shutil
 
-    from pegasus_gsg.evaluation import ct2
-
-    forced = {"CT2_USE_MKL": "0", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in forced.items():
-            env.setenv(name, value)
-        if ct2.int8_gemm_risk() is None:
-            pytest.skip("not an x86 CPU with readable flags: the CPU rule does not apply")
+    forced = int8_saturating_env
     model = Path(shutil.copytree(tiny_summarizer_dir, tmp_path / "m"))
     proc = subprocess.run(
         [sys.executable, "-m", "pegasus_gsg.server", "--port", "0", "--model", str(model),

@@ -37,10 +37,10 @@ from _helpers_train import (
     FAULT_ENV,
     SHARED_OUT_WAIT_ENV,
     STALE_VIEW_ENV,
-    TINY_MODEL,
     aeslc_pairs,
     entry_argv,
     free_port,
+    multi_rank_run,
     prepare_store,
     rows,
     write_jsonl,
@@ -50,22 +50,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 6
-RUN = [
-    *TINY_MODEL,
-    "model.dropout=0",  # each rank draws its own dropout masks
-    "model.attention_dropout=0",
-    "data.max_tokens=256",
-    f"schedule.max_steps={MAX_STEPS}",
-    "schedule.warmup_steps=2",
-    "optim.lr=3e-3",
-    "checkpoint.save_every=2",
-    "checkpoint.keep=2",
-    "checkpoint.log_every=1",
-    "checkpoint.log_with=tensorboard",
-    "eval.every=3",
-    "eval.generate_samples=4",
-    "eval.max_new_tokens=6",
-]
+RUN = multi_rank_run(MAX_STEPS)
 """6 steps of one micro-batch per process; checkpoints at 2, 4, 6; validation at 3 and 6."""
 KILLED_FAILS_WITHIN_S = 10.0
 """Machine 0 must exit this soon after machine 1 is SIGKILLed (measured: 0.2-2 s)."""
