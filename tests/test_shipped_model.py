@@ -30,6 +30,26 @@ def committed_predictions() -> list[dict]:
     return [json.loads(line) for line in rows if line.strip()]
 
 
+def assert_reproduces(ours: list[str], committed: list[str]) -> None:
+    """The committed predictions were decoded on an AMD EPYC (oneDNN float32 GEMM); on an Intel
+    CPU CTranslate2 takes MKL, whose rounding can flip a close beam. So: all identical on the
+    committing CPU kind, at most one differing summary in 12 elsewhere (measured here: all)."""
+    same = sum(a == b for a, b in zip(ours, committed, strict=True))
+    assert same >= len(committed) - len(committed) // 12, list(zip(ours, committed, strict=True))
+    if "AMD" in _cpu_vendor():
+        assert ours == committed
+
+
+def _cpu_vendor() -> str:
+    import platform
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    return next((line for line in text.splitlines() if line.startswith("vendor_id")), "")
+
+
 @pytest.fixture(scope="module")
 def model_copy(tmp_path_factory) -> Path:
     """The shipped directory copied (the CTranslate2 cache is written beside the weights)."""
@@ -78,7 +98,7 @@ def test_evaluate_reproduces_the_committed_predictions(model_copy, test_inputs, 
                 "--backend", recipe["backend"], "--out", str(out)]) == 0  # fmt: skip
     ours = [json.loads(line)["prediction"] for line in out.read_text().splitlines()]
     committed = [p["prediction"] for p in committed_predictions()[:N]]
-    assert ours == committed
+    assert_reproduces(ours, committed)
 
 
 @pytest.mark.slow
@@ -101,7 +121,7 @@ def test_served_on_both_backends(backend, model_copy, test_inputs, tmp_path):
                 limit, "--backend", backend, "--out", str(out)]) == 0  # fmt: skip
     expected = [json.loads(line)["prediction"] for line in out.read_text().splitlines()]
     if backend == "ctranslate2":
-        assert expected == [p["prediction"] for p in committed_predictions()[:6]]
+        assert_reproduces(expected, [p["prediction"] for p in committed_predictions()[:6]])
     args = ["--model", str(model_copy), "--port", "0", "--backend", backend,
             "--max-input-tokens", limit]  # fmt: skip
     with ServerProcess(args) as server:
